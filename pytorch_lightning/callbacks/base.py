@@ -1,0 +1,70 @@
+"""The ``Callback`` base class: the module's hooks plus a few trainer-level ones."""
+
+#: Every hook a callback can implement. Each receives ``(trainer, module)`` first, then the
+#: arguments named in docs/callbacks.md.
+CALLBACK_HOOKS = (
+    'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
+    'on_after_backward', 'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
+    'on_validation_batch_end', 'on_validation_end', 'on_post_performance_check',
+    'on_epoch_end', 'on_test_end', 'on_fit_end',
+)
+
+
+class Callback:
+    """Subclass and override any hook; the trainer calls only the hooks you override.
+
+    A callback stops training by setting ``trainer.state.should_stop = True``.
+    ``skip_hooks`` lets an instance opt out of hooks its class defines (decided once per fit).
+    """
+
+    skip_hooks = frozenset()
+
+    def on_fit_start(self, trainer, module):
+        """Once, after setup and before the sanity check."""
+
+    def on_sanity_check_start(self, trainer, module):
+        """Before the sanity validation run."""
+
+    def on_epoch_start(self, trainer, module):
+        """At the start of each training epoch."""
+
+    def on_batch_start(self, trainer, module, batch):
+        """Before each training batch (its return value is ignored)."""
+
+    def on_after_backward(self, trainer, module):
+        """After each ``backward()``; gradients are populated."""
+
+    def on_before_zero_grad(self, trainer, module, optimizer):
+        """After each optimizer step, before ``zero_grad``."""
+
+    def on_batch_end(self, trainer, module):
+        """After each training batch. ``trainer.last_loss``, ``trainer.last_prog`` and
+        ``trainer.last_log`` hold what ``training_step`` returned (tensors, unsynced)."""
+
+    def on_pre_performance_check(self, trainer, module):
+        """Before a validation run."""
+
+    def on_validation_batch_end(self, trainer, module):
+        """After each validation batch (also during the sanity check)."""
+
+    def on_validation_end(self, trainer, module, metrics):
+        """After ``validation_end`` returned ``metrics`` (not called for the sanity check)."""
+
+    def on_post_performance_check(self, trainer, module):
+        """After a validation run."""
+
+    def on_epoch_end(self, trainer, module):
+        """At the end of each training epoch."""
+
+    def on_test_end(self, trainer, module, metrics):
+        """After ``test_end`` returned ``metrics``."""
+
+    def on_fit_end(self, trainer, module):
+        """Once, when ``fit`` finishes (also when it stops early)."""
+
+    def state_dict(self):
+        """What this callback needs to resume exactly (saved in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned."""

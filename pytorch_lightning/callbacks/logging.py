@@ -1,0 +1,65 @@
+"""Metric rows and periodic saves to the experiment logger, as a callback.
+
+It talks to the logger only through ``log_hyperparams``, ``log_metrics``, ``save`` and
+``finalize`` (duck-typed: this file imports no logger)."""
+from ..utilities import numbers_only
+from .base import Callback
+
+
+class MetricsLogging(Callback):
+    """A metrics row every ``row_interval`` training batches and after each validation;
+    ``logger.save()`` every ``save_interval`` batches and when fit ends.
+    With ``grad_norm_type > 0`` each training row also carries the gradient norms."""
+
+    def __init__(self, logger, row_interval=10, save_interval=100, grad_norm_type=-1):
+        self.logger = logger
+        self.row_interval = max(1, int(row_interval))
+        self.save_interval = max(1, int(save_interval))
+        self.grad_norm_type = grad_norm_type
+        self._until_row = self.row_interval
+        self._until_save = self.save_interval
+        self._grad_norms = {}
+        if grad_norm_type <= 0:
+            self.skip_hooks = frozenset({'on_after_backward'})
+
+    def on_fit_start(self, trainer, module):
+        self.logger.log_hyperparams(trainer.hparams_dict())
+
+    def on_after_backward(self, trainer, module):
+        if self._until_row == 1:
+            self._grad_norms = module.grad_norm(self.grad_norm_type)
+
+    def on_batch_end(self, trainer, module):
+        self._until_row -= 1
+        if self._until_row == 0:
+            self._until_row = self.row_interval
+            row = numbers_only(trainer.last_log)
+            row['loss'] = trainer.last_loss_value()
+            row['epoch'] = trainer.state.epoch
+            if self._grad_norms:
+                row.update(self._grad_norms)
+                self._grad_norms = {}
+            self.logger.log_metrics(row, trainer.state.global_step)
+        self._until_save -= 1
+        if self._until_save == 0:
+            self._until_save = self.save_interval
+            self.logger.save()
+
+    def on_validation_end(self, trainer, module, metrics):
+        row = numbers_only(metrics)
+        row['epoch'] = trainer.state.epoch
+        self.logger.log_metrics(row, trainer.state.global_step)
+
+    def on_test_end(self, trainer, module, metrics):
+        self.logger.log_metrics(numbers_only(metrics), trainer.state.global_step)
+        self.logger.save()
+
+    def on_fit_end(self, trainer, module):
+        self.logger.finalize()
+
+    def state_dict(self):
+        return {'until_row': self._until_row, 'until_save': self._until_save}
+
+    def load_state_dict(self, state):
+        self._until_row = state.get('until_row', self.row_interval)
+        self._until_save = state.get('until_save', self.save_interval)

@@ -1,0 +1,30 @@
+"""Glue between hyperparameters (argparse / test-tube) and plain dicts."""
+import argparse
+
+
+def hparams_to_dict(hparams):
+    """A plain ``{name: value}`` dict of ``hparams`` (Namespace, dict or object), without
+    callables (test-tube namespaces carry methods)."""
+    if hparams is None:
+        return {}
+    if isinstance(hparams, dict):
+        items = hparams.items()
+    elif isinstance(hparams, argparse.Namespace) or hasattr(hparams, '__dict__'):
+        items = vars(hparams).items()
+    else:
+        return {'hparams': hparams}
+    return {k: v for k, v in items if not callable(v) and not k.startswith('_')}
+
+
+def dict_to_hparams(values):
+    """An ``argparse.Namespace`` built from a dict (how saved hparams come back)."""
+    return argparse.Namespace(**values)
+
+
+def model_parser(model_cls, parent_parser=None):
+    """A test-tube ``HyperOptArgumentParser`` with ``model_cls``'s own arguments added
+    via its ``add_model_specific_args`` staticmethod."""
+    if parent_parser is None:
+        from test_tube import HyperOptArgumentParser  # lazy: test_tube is slow to import
+        parent_parser = HyperOptArgumentParser(strategy='grid_search', add_help=False)
+    return model_cls.add_model_specific_args(parent_parser)

@@ -1,0 +1,210 @@
+"""The test-tube adapter: every ``Experiment`` write happens in a writer process.
+
+Why a process: on a CPU a test-tube ``log()`` costs ~150 us (TensorBoard scalars) and ``save()``
+rewrites whole CSV files (several ms, growing with the run). A thread does not help because of
+the GIL (measured: no gain). So rows are pickled (~5 us) into a pipe and one long-lived writer
+process per Python session (``_writer.py``) does the work on another core. Replies are awaited
+only at ``flush``/``finalize``. The pipe's buffer bounds how far the writer can fall behind:
+when it is full, the training thread waits (back-pressure, nothing dropped).
+"""
+import atexit
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class LoggerError(RuntimeError):
+    """The writer process failed; the message carries its traceback."""
+
+
+class _WriterService:
+    """One writer process shared by every logger of this Python process."""
+
+    _instance = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls):
+        with cls._lock:
+            inst = cls._instance
+            if inst is None or inst.proc.poll() is not None or inst.pid != os.getpid():
+                inst = cls._instance = cls()
+            return inst
+
+    def __init__(self):
+        env = dict(os.environ)
+        env['PYTHONPATH'] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get('PYTHONPATH')) if p)
+        self.pid = os.getpid()
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'pytorch_lightning.loggers._writer'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+        self._pending = {}
+        atexit.register(self.shutdown)
+
+    def send(self, msg):
+        try:
+            self.proc.stdin.write(pickle.dumps(msg, _PROTOCOL))
+        except (BrokenPipeError, OSError) as err:
+            raise LoggerError(
+                f"the log-writer process exited (code {self.proc.poll()}); see its error "
+                f"output above. Logging cannot continue.") from err
+
+    def await_reply(self, kind, key):
+        """Block until the reply ``(kind, key)`` arrives; return its payload."""
+        while (kind, key) not in self._pending:
+            try:
+                got = pickle.load(self.proc.stdout)
+            except EOFError as err:
+                raise LoggerError(
+                    f"the log-writer process exited (code {self.proc.wait()}) before answering "
+                    f"{kind!r} for {key!r}; see its error output above.") from err
+            self._pending[(got[0], got[1])] = got[2:]
+        payload, error = self._pending.pop((kind, key))
+        if error:
+            raise LoggerError(f"test-tube failed while writing {key!r}:\n{error}")
+        return payload
+
+    def shutdown(self):
+        if self.proc.poll() is None and self.pid == os.getpid():
+            try:
+                self.send(('exit',))
+                self.proc.stdin.close()
+            except LoggerError:
+                pass  # already gone: nothing left to flush
+            self.proc.wait(timeout=300)
+
+
+class TestTubeLogger:
+    """Logs to a test-tube ``Experiment`` at ``save_dir/name/version_<n>`` (metrics.csv,
+    meta_tags.csv and TensorBoard files under ``tf/``).
+
+    ``experiment``: an existing ``test_tube.Experiment`` to write into instead. While a fit
+    runs, its ``log``/``tag``/``save`` are routed through the writer (so rows stay in order)
+    and on ``finalize`` its in-memory ``metrics``/``tags`` are refreshed from what was written.
+    With ``version=None`` the next free version is used.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, save_dir=None, name='lightning_logs', version=None, experiment=None,
+                 description=None, debug=False):
+        if experiment is not None:
+            save_dir = experiment.save_dir
+            name, version = experiment.name, experiment.version
+            description, debug = experiment.description, experiment.debug
+        self.save_dir = save_dir
+        self.name = name
+        self._version = version
+        self.description = description
+        self.debug = debug
+        self.user_experiment = experiment
+        self._service = None
+        self._key = None
+        self._open_acknowledged = False
+        self._tagged = False
+
+    # -------------------------------------------------------------- lifecycle
+    def _ensure_open(self):
+        if self._service is not None:
+            return
+        exp = self.user_experiment
+        if exp is not None and not exp.debug:
+            exp.save()  # so the writer's Experiment can load this version from disk
+        self._service = _WriterService.get()
+        self._open_acknowledged = False
+        self._key = f'{id(self)}:{self.save_dir}:{self.name}'
+        self._service.send(('open', self._key, dict(
+            save_dir=self.save_dir, name=self.name, version=self._version,
+            description=self.description, debug=self.debug)))
+        if exp is not None:  # route the user's own calls through the writer while open
+            exp.log, exp.tag, exp.save = self.log, self.tag, self.save
+
+    def _await_open(self):
+        if not self._open_acknowledged:
+            self._open_acknowledged = True
+            self._version = self._service.await_reply('opened', self._key)
+
+    @property
+    def version(self):
+        """The experiment version number (waits for the writer to open it)."""
+        if self._version is None:
+            self._ensure_open()
+            self._await_open()
+        return self._version
+
+    @property
+    def experiment(self):
+        """The user's test-tube Experiment when one was given, else this logger."""
+        return self.user_experiment if self.user_experiment is not None else self
+
+    def get_data_path(self, name=None, version=None):
+        """Folder of this experiment's files (test-tube's layout)."""
+        name = self.name if name is None else name
+        version = self.version if version is None else version
+        if self.save_dir is None:
+            import test_tube.log
+            root = os.path.join(os.path.dirname(test_tube.log.__file__), 'test_tube_data')
+        else:
+            root = self.save_dir
+        return os.path.join(root, name, f'version_{version}')
+
+    @property
+    def log_dir(self):
+        return self.get_data_path()
+
+    # -------------------------------------------------------------- writes (cheap, async)
+    def log(self, metrics, global_step=None, walltime=None):
+        """Queue one metrics row (numbers only; tensors are converted by the caller)."""
+        self._ensure_open()
+        self._service.send(('log', self._key, dict(metrics), global_step))
+
+    log_metrics = log
+
+    def tag(self, tags):
+        """Queue experiment tags (hyperparameters)."""
+        self._ensure_open()
+        self._service.send(('tag', self._key, dict(tags)))
+
+    def log_hyperparams(self, params):
+        """Tag ``params`` once per logger."""
+        if params and not self._tagged:
+            self._tagged = True
+            self.tag(params)
+
+    def save(self):
+        """Queue a test-tube ``save()`` (CSV files and TensorBoard flush)."""
+        self._ensure_open()
+        self._service.send(('save', self._key))
+
+    # -------------------------------------------------------------- synchronous
+    def flush(self):
+        """Block until everything queued is on disk; raise ``LoggerError`` if any write failed."""
+        if self._service is not None:
+            self._await_open()
+            self._service.send(('flush', self._key))
+            self._service.await_reply('flushed', self._key)
+
+    def finalize(self):
+        """Save, close the writer's Experiment and wait for it; refresh a user Experiment.
+        Logging again afterwards re-opens the same version."""
+        if self._service is None:
+            return
+        self._await_open()
+        service, key = self._service, self._key
+        self._service = None
+        exp = self.user_experiment
+        if exp is not None:
+            for attr in ('log', 'tag', 'save'):
+                exp.__dict__.pop(attr, None)
+        service.send(('close', key))
+        state = service.await_reply('closed', key)
+        if exp is not None and state is not None:
+            exp.metrics, exp.tags = state['metrics'], state['tags']
+
+    def __repr__(self):
+        return f'TestTubeLogger(save_dir={self.save_dir!r}, name={self.name!r}, version={self._version!r})'

@@ -1,0 +1,168 @@
+"""The user contract: subclass ``RootModule`` and write only the science.
+
+This module knows nothing about how it is run (no trainer, callbacks, loggers or placement).
+"""
+import collections
+import numbers
+
+import torch
+from torch import nn
+
+from . import optim as _optim
+from .exceptions import MisconfigurationException
+
+#: Hooks a module may override, with the arguments the trainer passes (classic form).
+#: Seed-style overrides that take no arguments are accepted for every hook.
+HOOKS = (
+    'on_sanity_check_start', 'on_epoch_start', 'on_batch_start', 'on_after_backward',
+    'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
+    'on_post_performance_check', 'on_epoch_end',
+)
+
+
+def _mean_of_outputs(outputs):
+    """Average every scalar that each output dict carries under the same key."""
+    sums, counts = collections.OrderedDict(), collections.Counter()
+    for out in outputs:
+        if not isinstance(out, dict):
+            continue
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.detach().float()
+            elif not (isinstance(value, numbers.Number) and not isinstance(value, bool)):
+                continue
+            sums[key] = sums[key] + value if key in sums else value
+            counts[key] += 1
+    return {key: sums[key] / counts[key] for key in sums}
+
+
+class RootModule(nn.Module):
+    """Base class for research models.
+
+    ``__init__`` of a subclass may skip ``super().__init__()`` (the seed example does): the
+    ``nn.Module`` machinery is set up before the subclass ``__init__`` runs.
+
+    Required: ``training_step``, ``configure_optimizers`` and a training dataloader
+    (``tng_dataloader`` or ``train_dataloader``, as a property or a method). Everything
+    else is optional; see docs/api.md for when each method runs.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        nn.Module.__init__(self)
+        self.hparams = None
+        return self
+
+    def __init__(self, hparams=None):
+        if '_parameters' not in self.__dict__:  # constructed without __new__ (e.g. copy)
+            nn.Module.__init__(self)
+        self.hparams = hparams
+
+    # ------------------------------------------------------------------ evaluation ends
+    def validation_end(self, outputs):
+        """Collate the outputs of every ``validation_step``; return a dict of metrics.
+
+        Default: the mean of each scalar that the step dicts share (e.g. ``val_loss``).
+        """
+        return _mean_of_outputs(outputs)
+
+    def test_end(self, outputs):
+        """Collate the outputs of every ``test_step``; return a dict of metrics
+        (default: the mean of each shared scalar)."""
+        return _mean_of_outputs(outputs)
+
+    # ------------------------------------------------------------------ saving / loading
+    def get_save_dict(self):
+        """What to save in a checkpoint. Default: ``{'state_dict': self.state_dict()}``."""
+        return {'state_dict': self.state_dict()}
+
+    def load_model_specific(self, checkpoint):
+        """Restore from the dict ``get_save_dict`` produced. Default: load ``state_dict``."""
+        self.load_state_dict(checkpoint['state_dict'])
+
+    # ------------------------------------------------------------------ arguments
+    @staticmethod
+    def add_model_specific_args(parent_parser):
+        """Add this model's command-line arguments to ``parent_parser`` and return the
+        parser (a test-tube ``HyperOptArgumentParser``). Default: unchanged."""
+        return parent_parser
+
+    # ------------------------------------------------------------------ hooks (no-ops)
+    def on_sanity_check_start(self):
+        """Before the sanity validation run that precedes training."""
+
+    def on_epoch_start(self):
+        """At the start of every training epoch."""
+
+    def on_epoch_end(self):
+        """At the end of every training epoch (after its last validation point)."""
+
+    def on_batch_start(self, batch):
+        """Before each training batch; return -1 to end the current epoch."""
+
+    def on_batch_end(self):
+        """After each training batch (after the optimizer step if one happened)."""
+
+    def on_pre_performance_check(self):
+        """Before a validation run (the model is switched to eval mode right after)."""
+
+    def on_post_performance_check(self):
+        """After a validation run (the model is back in train mode)."""
+
+    def on_after_backward(self):
+        """After ``backward()`` of each training step: gradients are populated."""
+
+    def on_before_zero_grad(self, optimizer):
+        """After ``optimizer.step()``, before ``optimizer.zero_grad()``."""
+
+    def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
+        """Step the optimizer; override for warm-up, schedules per step, etc.
+        The trainer calls ``on_before_zero_grad`` and ``zero_grad`` after it."""
+        optimizer.step()
+
+    # ------------------------------------------------------------------ helpers
+    def choose_optimizer(self, optimizer_name, params, optimizer_kwargs=None, key='optimizer'):
+        """Build an optimizer by name: adam, adamw, sgd, rmsprop, adadelta, sparse_adam."""
+        return _optim.choose_optimizer(optimizer_name, params, optimizer_kwargs, key)
+
+    def summarize(self):
+        """Print and return a table of the top-level layers: name, type, parameters."""
+        rows = [('', type(self).__name__, sum(p.numel() for p in self.parameters()))]
+        for name, child in self.named_children():
+            rows.append((name, type(child).__name__, sum(p.numel() for p in child.parameters())))
+        width = max(len(r[0]) for r in rows + [('(total)', '')]) + 2
+        kind = max(len(r[1]) for r in rows + [('', 'type')]) + 2
+        lines = [f"{'name':<{width}}{'type':<{kind}}params"]
+        lines += [f"{r[0] or '(total)':<{width}}{r[1]:<{kind}}{r[2]:,}" for r in rows]
+        text = '\n'.join(lines)
+        print(text)
+        return text
+
+    def freeze(self):
+        """Stop gradients for every parameter and switch to eval mode."""
+        for param in self.parameters():
+            param.requires_grad = False
+        self.eval()
+
+    def unfreeze(self):
+        """Undo ``freeze``: gradients on, train mode."""
+        for param in self.parameters():
+            param.requires_grad = True
+        self.train()
+
+    def grad_norm(self, norm_type):
+        """The ``norm_type``-norm of each parameter's gradient and of all of them together,
+        as ``{'grad_<p>_norm_<name>': float, ..., 'grad_<p>_norm_total': float}``."""
+        norm_type = float(norm_type)
+        if norm_type <= 0:
+            raise MisconfigurationException(
+                f"grad_norm: norm_type must be > 0, got {norm_type}. Use 2 for the L2 norm.")
+        norms, total = {}, 0.0
+        for name, param in self.named_parameters():
+            if param.grad is None:
+                continue
+            value = param.grad.detach().norm(norm_type).item()
+            norms[f'grad_{norm_type:g}_norm_{name}'] = round(value, 4)
+            total += value ** norm_type
+        norms[f'grad_{norm_type:g}_norm_total'] = round(total ** (1.0 / norm_type), 4)
+        return norms

@@ -1,0 +1,530 @@
+"""The training loop, and nothing else."""
+import collections
+import math
+import os
+
+import torch
+
+from . import validation as checks
+from ._dispatch import HookDispatcher, adapt_step
+from .callbacks.logging import MetricsLogging
+from .callbacks.progress import ProgressBar
+from .data import get_loader, limited_batches
+from .exceptions import MisconfigurationException, NonFiniteLossError
+from .hparams import hparams_to_dict
+from .optim import normalize_optimizers
+from .placement import CPUPlacement
+from .state import TrainerState
+from .utilities import numbers_only, to_number
+
+_EMPTY = {}
+
+
+class Trainer:
+    """Runs a ``RootModule``: ``Trainer(...).fit(model)``, then optionally ``test()``.
+
+    The loop, in order (``hook`` = the module's hook, then each callback's)::
+
+        fit(model):
+            check arguments and the module's contract         # MisconfigurationException
+            configure_optimizers(); read the dataloaders once
+            callbacks.on_fit_start; model.summarize() if print_weights_summary
+            if val data and nb_sanity_val_steps:              # sanity check, metrics discarded
+                on_sanity_check_start
+                on_pre_performance_check; eval mode, no_grad
+                validation_step x nb_sanity_val_steps; validation_end; train mode
+                on_post_performance_check
+            for epoch in range(max_nb_epochs):
+                on_epoch_start
+                for batch_nb, batch in tng_dataloader (train_percent_check of it):
+                    if on_batch_start(batch) == -1: end the epoch
+                    for optimizer_i, optimizer in optimizers:
+                        loss = training_step(batch, batch_nb[, optimizer_i])
+                        raise NonFiniteLossError if loss is NaN/inf
+                        backward(loss / accumulation window size)
+                        on_after_backward
+                        if the accumulation window is complete:
+                            clip gradients to gradient_clip (total norm)
+                            optimizer_step(epoch, batch_nb, optimizer, optimizer_i)
+                            on_before_zero_grad(optimizer); optimizer.zero_grad()
+                    on_batch_end                              # progress bar, log rows, saves
+                    if a validation point (val_check_interval, check_val_every_n_epoch):
+                        on_pre_performance_check; eval mode, no_grad
+                        validation_step per batch; metrics = validation_end(outputs)
+                        train mode; callbacks.on_validation_end(metrics)
+                        on_post_performance_check
+                    if state.should_stop and epoch + 1 >= min_nb_epochs: end the epoch
+                step an unfinished accumulation window
+                on_epoch_end
+                lr_schedulers.step()
+                if state.should_stop and epoch + 1 >= min_nb_epochs: stop
+            callbacks.on_fit_end                              # final log save
+
+    ``docs/trainer.md`` describes every argument; ``tests/test_hook_order.py`` pins this order.
+    """
+
+    def __init__(self, experiment=None, default_save_path=None, max_nb_epochs=1000,
+                 min_nb_epochs=1, val_check_interval=1.0, check_val_every_n_epoch=1,
+                 train_percent_check=1.0, val_percent_check=1.0, test_percent_check=1.0,
+                 overfit_pct=0.0, fast_dev_run=False, nb_sanity_val_steps=5,
+                 accumulate_grad_batches=1, gradient_clip=0, track_grad_norm=-1,
+                 print_nan_grads=False, progress_bar=True, process_position=0,
+                 log_save_interval=100, add_log_row_interval=10, print_weights_summary=True,
+                 callbacks=None):
+        checks.check_trainer_args(dict(locals()))
+        self.default_save_path = os.fspath(default_save_path or os.getcwd())
+        self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
+        self.val_check_interval = val_check_interval
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        if overfit_pct > 0:
+            train_percent_check = val_percent_check = test_percent_check = overfit_pct
+        self.train_percent_check = train_percent_check
+        self.val_percent_check = val_percent_check
+        self.test_percent_check = test_percent_check
+        self.overfit_pct = overfit_pct
+        self.fast_dev_run = fast_dev_run
+        self.nb_sanity_val_steps = nb_sanity_val_steps
+        if fast_dev_run:  # one batch of everything, one epoch
+            self.max_nb_epochs = self.min_nb_epochs = 1
+            self.nb_sanity_val_steps = 0
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip = gradient_clip
+        self.track_grad_norm = track_grad_norm
+        self.print_nan_grads = print_nan_grads
+        self.progress_bar = progress_bar
+        self.process_position = process_position
+        self.log_save_interval = log_save_interval
+        self.add_log_row_interval = add_log_row_interval
+        self.print_weights_summary = print_weights_summary
+        self.user_callbacks = list(callbacks or [])
+
+        self.logger = self._build_logger(experiment)
+        self.state = TrainerState()
+        self.placement = CPUPlacement()
+        self.module = None
+        self.optimizers, self.lr_schedulers = [], []
+        self.nb_training_batches = self.nb_val_batches = self.nb_test_batches = 0
+        self.nb_batches_this_epoch = 0
+        self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
+        self._recent_losses = collections.deque(maxlen=20)
+        self._val_metrics, self._test_metrics = {}, {}
+        self._hooks = None
+
+    # ------------------------------------------------------------------ readable state
+    @property
+    def current_epoch(self):
+        return self.state.epoch
+
+    @property
+    def global_step(self):
+        return self.state.global_step
+
+    @property
+    def experiment(self):
+        """The test-tube Experiment (or the logger standing for it), ``None`` if disabled."""
+        return None if self.logger is None else self.logger.experiment
+
+    def running_loss(self):
+        """Mean of the last (up to) 20 training losses, as a float (``nan`` before any)."""
+        losses = self._recent_losses
+        if not losses:
+            return float('nan')
+        if isinstance(losses[-1], float):
+            value = sum(losses) / len(losses)
+        else:
+            value = torch.stack(list(losses)).float().mean().item()
+        if not math.isfinite(value):
+            self._raise_nonfinite(value, 'in the last %d batches' % len(losses))
+        return value
+
+    def last_loss_value(self):
+        """The last training loss as a float (a host sync on accelerators)."""
+        losses = self._recent_losses
+        return losses[-1] if losses and isinstance(losses[-1], float) else to_number(self.last_loss)
+
+    @property
+    def tqdm_metrics(self):
+        """What the progress bar shows: epoch, batch, running loss, the step's dict and the
+        latest validation metrics, as numbers (computed on access)."""
+        metrics = {'epoch': self.state.epoch, 'batch_nb': self.state.batch_idx}
+        if self._recent_losses:
+            metrics['loss'] = f'{self.running_loss():.3f}'
+        metrics.update(numbers_only(self.last_prog))
+        metrics.update(numbers_only(self._val_metrics))
+        return metrics
+
+    @property
+    def callback_metrics(self):
+        """The latest training step's dicts and loss, validation and test metrics (tensors
+        stay tensors)."""
+        metrics = dict(self.last_log)
+        metrics.update(self.last_prog)
+        if self.last_loss is not None:
+            metrics['loss'] = self.last_loss
+        metrics.update(self._val_metrics)
+        metrics.update(self._test_metrics)
+        return metrics
+
+    def hparams_dict(self):
+        return hparams_to_dict(getattr(self.module, 'hparams', None))
+
+    # ------------------------------------------------------------------ setup
+    def _build_logger(self, experiment):
+        if experiment is False:
+            return None
+        from .loggers import TestTubeLogger
+        if isinstance(experiment, TestTubeLogger):
+            return experiment
+        if experiment is None:
+            return TestTubeLogger(save_dir=self.default_save_path, name='lightning_logs')
+        return TestTubeLogger(experiment=experiment)
+
+    def _callbacks(self):
+        built_in = []
+        if self.logger is not None:
+            built_in.append(MetricsLogging(self.logger, self.add_log_row_interval,
+                                           self.log_save_interval, self.track_grad_norm))
+        if self.progress_bar:
+            built_in.append(ProgressBar(position=self.process_position))
+        return self.user_callbacks + built_in
+
+    def _attach(self, model):
+        if self.logger is not None:
+            import importlib.util
+            if importlib.util.find_spec('test_tube') is None:
+                raise MisconfigurationException(
+                    "Trainer(experiment=None) logs with test-tube, which is not installed. "
+                    "`pip install test-tube`, or pass experiment=False to train without logging.")
+        self.module = self.placement.setup(model)
+        model.trainer = self
+        model.experiment = self.experiment
+        self._active_callbacks = self._callbacks()
+        self._hooks = HookDispatcher(self, model, self._active_callbacks)
+
+    def _batch_limit(self, loader, percent, name):
+        if self.fast_dev_run:
+            return 1
+        return limited_batches(loader, percent, name)
+
+    def _setup_fit(self, model):
+        checks.check_module(model)
+        self._attach(model)
+        self.optimizers, self.lr_schedulers = normalize_optimizers(model.configure_optimizers())
+        self._train_step = adapt_step(model, 'training_step', len(self.optimizers))
+        self._train_loader = get_loader(model, 'train')
+        self.nb_training_batches = self._batch_limit(self._train_loader, self.train_percent_check,
+                                                     'train_percent_check')
+        if self.nb_training_batches == 0:
+            raise MisconfigurationException(
+                "The training dataloader is empty (len 0). Check the dataset size and "
+                "batch_size (with drop_last=True a dataset smaller than one batch is empty).")
+        self._val_loader = get_loader(model, 'val')
+        self._val_step = adapt_step(model, 'validation_step')
+        self.nb_val_batches = 0
+        if self._val_loader is not None:
+            self.nb_val_batches = self._batch_limit(self._val_loader, self.val_percent_check,
+                                                    'val_percent_check')
+        self._val_every = self._validation_interval()
+        self._param_groups = [[p for g in opt.param_groups for p in g['params']]
+                              for opt in self.optimizers]
+        self._checked_output = False
+
+    def _validation_interval(self):
+        """Training batches between validation points (``None``: at epoch end only)."""
+        if self._val_loader is None or self.nb_val_batches == 0:
+            return 0
+        nb, vci = self.nb_training_batches, self.val_check_interval
+        if isinstance(vci, int) and not isinstance(vci, bool):
+            if nb is not None and vci > nb:
+                raise MisconfigurationException(
+                    f"Trainer(val_check_interval={vci}) is larger than the {nb} training "
+                    f"batches per epoch, so validation would never run. Use an int <= {nb} or "
+                    f"a float fraction such as 1.0.")
+            return vci
+        if nb is None:
+            if vci < 1.0:
+                raise MisconfigurationException(
+                    f"Trainer(val_check_interval={vci}) needs to know the epoch length, but "
+                    f"the training loader has no len(). Use an int (every N batches) or 1.0.")
+            return None
+        return max(1, int(nb * vci))
+
+    def _accumulation_for(self, epoch):
+        acc = self.accumulate_grad_batches
+        if isinstance(acc, dict):
+            factor = 1
+            for start in sorted(acc):
+                if epoch >= start:
+                    factor = acc[start]
+            return factor
+        return acc
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, model):
+        """Train ``model``; returns ``None``. Misconfiguration is reported before the
+        first batch. Logs are saved even when training raises."""
+        self._setup_fit(model)
+        hooks = self._hooks
+        try:
+            hooks.call('on_fit_start')
+            if self.print_weights_summary:
+                model.summarize()
+            self._sanity_check()
+            self._train()
+            self.state.stage = 'idle'
+            hooks.call('on_fit_end')
+        except BaseException as err:
+            self._close_after_failure(err)
+            raise
+
+    def _close_after_failure(self, err):
+        """Finish writing logs and close the bar; the original error still propagates."""
+        self.state.stage = 'idle'
+        for part in self._active_callbacks:
+            if isinstance(part, (ProgressBar, MetricsLogging)):
+                try:
+                    part.on_fit_end(self, self.module)
+                except Exception as close_err:
+                    err.add_note(f'(while closing after this error, {type(part).__name__} '
+                                 f'also failed: {close_err!r})')
+
+    def _sanity_check(self):
+        if self._val_loader is None or self.nb_sanity_val_steps == 0 or self.nb_val_batches == 0:
+            return
+        self.state.stage = 'sanity_check'
+        self._hooks.call('on_sanity_check_start')
+        limit = self.nb_sanity_val_steps
+        if self.nb_val_batches is not None:
+            limit = min(limit, self.nb_val_batches)
+        self._evaluate('validation', self._val_loader, limit, self._val_step)
+
+    def _train(self):
+        state = self.state
+        for epoch in range(state.epoch, self.max_nb_epochs):
+            state.epoch = epoch
+            state.stage = 'train'
+            self._run_epoch(epoch)
+            for scheduler in self.lr_schedulers:
+                self._step_scheduler(scheduler)
+            if state.should_stop and epoch + 1 >= self.min_nb_epochs:
+                break
+
+    def _step_scheduler(self, scheduler):
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if 'val_loss' not in self._val_metrics:
+                raise MisconfigurationException(
+                    "ReduceLROnPlateau steps on 'val_loss', but validation_end returned "
+                    f"{sorted(self._val_metrics)}. Return {{'val_loss': ...}} from "
+                    "validation_end.")
+            scheduler.step(to_number(self._val_metrics['val_loss']))
+        else:
+            scheduler.step()
+
+    def _run_epoch(self, epoch):
+        state, hooks = self.state, self._hooks
+        nb = self.nb_training_batches
+        val_epoch = (epoch + 1) % self.check_val_every_n_epoch == 0
+        val_every = self._val_every if val_epoch else 0
+        self.nb_batches_this_epoch = None if nb is None else nb + (
+            (nb // val_every) * self.nb_val_batches if val_every else 0)
+        hooks.call('on_epoch_start')
+        acc = self._accumulation_for(epoch)
+        to_device = self.placement.to_device if self.placement.transfers_batches else None
+        module_batch_start = hooks.module_on_batch_start
+        callback_batch_start = hooks.hooks['on_batch_start']
+        batch_end = hooks.hooks['on_batch_end']
+        run_batch = self._run_training_batch
+        min_epochs = self.min_nb_epochs
+        for batch_idx, batch in enumerate(self._train_loader):
+            if nb is not None and batch_idx >= nb:
+                break
+            state.batch_idx = batch_idx
+            if to_device is not None:
+                batch = to_device(batch)
+            if module_batch_start is not None and module_batch_start(batch) == -1:
+                break
+            for fn in callback_batch_start:
+                fn(batch)
+            run_batch(batch, batch_idx, epoch, acc, nb)
+            state.total_batches += 1
+            for fn in batch_end:
+                fn()
+            if val_every and (batch_idx + 1) % val_every == 0:
+                self._validate()
+            if state.should_stop and epoch + 1 >= min_epochs:
+                break
+        if state.accumulation_position:  # loader ran out (or stopped) mid-window
+            self._step_optimizers(epoch, state.batch_idx)
+            state.accumulation_position = 0
+            state.global_step += 1
+        if val_every is None and val_epoch:
+            self._validate()
+        hooks.call('on_epoch_end')
+
+    def _run_training_batch(self, batch, batch_idx, epoch, acc, nb):
+        state = self.state
+        if state.accumulation_position == 0:
+            self._window = acc if nb is None else min(acc, nb - batch_idx)
+        window = self._window
+        completes = state.accumulation_position + 1 == window
+        optimizers = self.optimizers
+        multi = len(optimizers) > 1
+        after_backward = self._hooks.hooks['on_after_backward']
+        merged_prog = {} if multi else None
+        for opt_i, optimizer in enumerate(optimizers):
+            if multi:
+                frozen = self._freeze_other_params(opt_i)
+            out = self._train_step(batch, batch_idx, opt_i)
+            if not self._checked_output:
+                checks.check_training_output(out)
+                self._checked_output = True
+            kind = type(out)
+            if kind is tuple or kind is list:
+                loss, prog = out
+                log = prog
+            elif kind is dict:
+                loss = out['loss']
+                prog = out.get('prog', _EMPTY)
+                log = out.get('log', _EMPTY)
+            elif isinstance(out, torch.Tensor):
+                loss, prog, log = out, _EMPTY, _EMPTY
+            else:
+                checks.unsupported_output(out)
+            if self.placement.cheap_item:
+                value = loss.item()
+                if not math.isfinite(value):
+                    self._raise_nonfinite(value, f'at epoch {epoch}, batch {batch_idx}'
+                                          + (f', optimizer {opt_i}' if multi else ''))
+                self._recent_losses.append(value)
+            else:
+                self._recent_losses.append(loss.detach())
+            self.placement.backward(loss / window if window > 1 else loss)
+            for fn in after_backward:
+                fn()
+            if self.print_nan_grads:
+                self._print_nan_grads()
+            if multi:
+                for param in frozen:
+                    param.requires_grad_(True)
+                merged_prog.update(prog)
+            if completes:
+                self._optimizer_step(epoch, batch_idx, optimizer, opt_i)
+        self.last_loss, self.last_prog, self.last_log = loss, (merged_prog if multi else prog), log
+        if completes:
+            state.accumulation_position = 0
+            state.global_step += 1
+        else:
+            state.accumulation_position += 1
+
+    def _optimizer_step(self, epoch, batch_idx, optimizer, opt_i):
+        if self.gradient_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self._param_groups[opt_i], self.gradient_clip)
+        user_step = self._hooks.module_optimizer_step
+        if user_step is None:
+            optimizer.step()
+        else:
+            user_step(epoch, batch_idx, optimizer, opt_i)
+        for fn in self._hooks.hooks['on_before_zero_grad']:
+            fn(optimizer)
+        optimizer.zero_grad()
+
+    def _step_optimizers(self, epoch, batch_idx):
+        for opt_i, optimizer in enumerate(self.optimizers):
+            self._optimizer_step(epoch, batch_idx, optimizer, opt_i)
+
+    def _freeze_other_params(self, opt_i):
+        """With several optimizers, only optimizer ``opt_i``'s parameters get gradients
+        from its loss (e.g. a GAN's generator loss must not touch discriminator grads)."""
+        own = {id(p) for p in self._param_groups[opt_i]}
+        frozen = []
+        for i, params in enumerate(self._param_groups):
+            if i != opt_i:
+                for param in params:
+                    if id(param) not in own and param.requires_grad:
+                        param.requires_grad_(False)
+                        frozen.append(param)
+        return frozen
+
+    def _raise_nonfinite(self, value, where):
+        raise NonFiniteLossError(
+            f"training_step returned a {'NaN' if math.isnan(value) else 'infinite'} loss {where}. "
+            f"Lower the learning rate, set Trainer(gradient_clip=...), check the data for "
+            f"NaN/inf, or run with Trainer(print_nan_grads=True) to see which gradients blow up.")
+
+    def _print_nan_grads(self):
+        for name, param in self.module.named_parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                print(f'non-finite gradient in {name}: {param.grad}')
+
+    # ------------------------------------------------------------------ evaluation
+    def _validate(self):
+        stage = self.state.stage
+        self.state.stage = 'validate'
+        self._evaluate('validation', self._val_loader, self.nb_val_batches, self._val_step)
+        self.state.stage = stage
+
+    def _evaluate(self, kind, loader, limit, step):
+        """One pass over ``loader``; returns ``{kind}_end``'s metrics dict."""
+        hooks, module, state = self._hooks, self.module, self.state
+        sanity = state.stage == 'sanity_check'
+        testing = kind == 'test'
+        if not testing:
+            hooks.call('on_pre_performance_check')
+        to_device = self.placement.to_device if self.placement.transfers_batches else None
+        batch_end = hooks.hooks['on_validation_batch_end'] if not testing else ()
+        loss_key = 'test_loss' if testing else 'val_loss'
+        was_training = module.training
+        module.eval()
+        outputs = []
+        with torch.no_grad():
+            for batch_idx, batch in enumerate(loader):
+                if limit is not None and batch_idx >= limit:
+                    break
+                if to_device is not None:
+                    batch = to_device(batch)
+                out = step(batch, batch_idx)
+                if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+                    loss, out = out[0], dict(out[1])
+                    out.setdefault(loss_key, loss)
+                outputs.append(out)
+                for fn in batch_end:
+                    fn()
+            end_name = f'{kind}_end'
+            metrics = getattr(module, end_name)(outputs)
+        checks.check_eval_end_output(end_name, metrics)
+        module.train(was_training)
+        if testing:
+            self._test_metrics = metrics
+            hooks.call('on_test_end', metrics)
+        else:
+            if not sanity:
+                self._val_metrics = metrics
+                hooks.call('on_validation_end', metrics)
+            hooks.call('on_post_performance_check')
+        return metrics
+
+    def test(self, model=None):
+        """Run ``test_step`` over ``test_dataloader`` (test_percent_check of it) and return
+        the dict ``test_end`` returned. ``model`` defaults to the one last fitted."""
+        if model is None:
+            model = self.module
+            if model is None:
+                raise MisconfigurationException(
+                    "test() was called without a model and before fit(). Pass the model: "
+                    "trainer.test(model).")
+        checks.check_test_contract(model)
+        if model is not self.module or self._hooks is None:
+            self._attach(model)
+        loader = get_loader(model, 'test')
+        self.nb_test_batches = self._batch_limit(loader, self.test_percent_check,
+                                                 'test_percent_check')
+        stage = self.state.stage
+        self.state.stage = 'test'
+        try:
+            metrics = self._evaluate('test', loader, self.nb_test_batches,
+                                     adapt_step(model, 'test_step'))
+        finally:
+            self.state.stage = stage
+            if self.logger is not None:
+                self.logger.finalize()
+        return metrics

@@ -1,0 +1,42 @@
+"""Small helpers with no dependencies on the rest of the package."""
+import inspect
+import numbers
+
+import torch
+
+
+def is_overridden(obj, name, base):
+    """True when ``obj``'s class defines ``name`` differently from ``base``."""
+    own = getattr(type(obj), name, None)
+    return own is not None and own is not getattr(base, name, None)
+
+
+def positional_arity(fn):
+    """Number of positional parameters a bound callable accepts (``None`` for *args)."""
+    count = 0
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind == param.VAR_POSITIONAL:
+            return None
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+def to_number(value):
+    """A tensor or number as a Python number; other values unchanged. This is the only
+    place a metric crosses from the device to the host."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
+    if hasattr(value, 'item') and getattr(value, 'size', 2) == 1:  # numpy scalars
+        return value.item()
+    return value
+
+
+def numbers_only(metrics):
+    """``metrics`` with tensors turned into numbers, dropping values that are not scalars."""
+    out = {}
+    for key, value in metrics.items():
+        value = to_number(value)
+        if isinstance(value, numbers.Number) and not isinstance(value, bool):
+            out[key] = value
+    return out

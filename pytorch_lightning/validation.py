@@ -1,0 +1,186 @@
+"""Every up-front check of the user's module and the Trainer's arguments.
+
+Each failure raises ``MisconfigurationException`` naming the method or argument, what was
+received, and the fix. Nothing here runs per step except ``check_training_output`` (first
+batch only) and ``unsupported_output`` (only when a step returns something unusable).
+"""
+import numbers
+import os
+
+import torch
+from torch import nn
+
+from .data import find_loader_attr
+from .exceptions import MisconfigurationException
+
+TRAINING_FORMS = ("  - a loss tensor: `return loss`\n"
+                  "  - a (loss, dict) tuple: `return loss, {'train_loss': loss}` (dict: progress bar and log)\n"
+                  "  - a dict: `return {'loss': loss, 'prog': {...}, 'log': {...}}` ('prog' and 'log' optional)")
+
+
+def _fail(message):
+    raise MisconfigurationException(message)
+
+
+# --------------------------------------------------------------------------- trainer args
+def _int(name, value, low, hint=''):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        _fail(f"Trainer({name}={value!r}): expected an int >= {low}.{hint}")
+
+
+def _fraction(name, value, allow_zero=False):
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and (0.0 <= value <= 1.0 if allow_zero else 0.0 < value <= 1.0))
+    if not ok:
+        span = '[0.0, 1.0]' if allow_zero else '(0.0, 1.0]'
+        _fail(f"Trainer({name}={value!r}): expected a float in {span}, the fraction of the "
+              f"data to use (1.0 = all of it).")
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        _fail(f"Trainer({name}={value!r}): expected True or False.")
+
+
+def check_trainer_args(args):
+    """Validate the Trainer's constructor arguments (a dict of name -> value)."""
+    exp = args['experiment']
+    if not (exp is None or exp is False or (hasattr(exp, 'log') and hasattr(exp, 'save'))):
+        _fail(f"Trainer(experiment={exp!r}): expected None (a test-tube Experiment under "
+              f"default_save_path/lightning_logs), False (no logging), or a "
+              f"test_tube.Experiment.")
+    path = args['default_save_path']
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        _fail(f"Trainer(default_save_path={path!r}): expected a folder path (str) or None "
+              f"for the current directory.")
+    _int('max_nb_epochs', args['max_nb_epochs'], 1)
+    _int('min_nb_epochs', args['min_nb_epochs'], 0)
+    if args['min_nb_epochs'] > args['max_nb_epochs']:
+        _fail(f"Trainer(min_nb_epochs={args['min_nb_epochs']}, max_nb_epochs="
+              f"{args['max_nb_epochs']}): min_nb_epochs must not exceed max_nb_epochs.")
+    vci = args['val_check_interval']
+    if isinstance(vci, bool) or not isinstance(vci, numbers.Real) or (
+            isinstance(vci, numbers.Integral) and vci < 1) or (
+            not isinstance(vci, numbers.Integral) and not 0.0 < vci <= 1.0):
+        _fail(f"Trainer(val_check_interval={vci!r}): use a float in (0.0, 1.0] (a fraction of "
+              f"the training epoch, e.g. 0.25 validates four times per epoch) or an int >= 1 "
+              f"(validate every N training batches).")
+    _int('check_val_every_n_epoch', args['check_val_every_n_epoch'], 1)
+    for name in ('train_percent_check', 'val_percent_check', 'test_percent_check'):
+        _fraction(name, args[name])
+    _fraction('overfit_pct', args['overfit_pct'], allow_zero=True)
+    _int('nb_sanity_val_steps', args['nb_sanity_val_steps'], 0,
+         ' Use 0 to skip the sanity check.')
+    acc = args['accumulate_grad_batches']
+    if isinstance(acc, dict):
+        for epoch, factor in acc.items():
+            if (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0
+                    or isinstance(factor, bool) or not isinstance(factor, numbers.Integral)
+                    or factor < 1):
+                _fail(f"Trainer(accumulate_grad_batches={acc!r}): a dict must map epoch "
+                      f"(int >= 0) -> batches to accumulate (int >= 1), e.g. {{0: 1, 5: 4}}; "
+                      f"got {epoch!r}: {factor!r}.")
+    else:
+        _int('accumulate_grad_batches', acc, 1, ' Or pass a dict {epoch: factor}.')
+    clip = args['gradient_clip']
+    if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or clip < 0:
+        _fail(f"Trainer(gradient_clip={clip!r}): expected a number >= 0, the largest total "
+              f"gradient norm (0 disables clipping).")
+    norm = args['track_grad_norm']
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not (norm == -1 or norm > 0):
+        _fail(f"Trainer(track_grad_norm={norm!r}): expected -1 (off) or the norm's order > 0 "
+              f"(e.g. 2 for L2).")
+    for name in ('fast_dev_run', 'print_nan_grads', 'progress_bar', 'print_weights_summary'):
+        _flag(name, args[name])
+    _int('process_position', args['process_position'], 0)
+    _int('log_save_interval', args['log_save_interval'], 1)
+    _int('add_log_row_interval', args['add_log_row_interval'], 1)
+    cbs = args['callbacks']
+    if cbs is not None and not isinstance(cbs, (list, tuple)):
+        _fail(f"Trainer(callbacks={cbs!r}): expected a list of Callback instances.")
+
+
+# --------------------------------------------------------------------------- the module
+def _defines(module, name):
+    return callable(getattr(module, name, None))
+
+
+def check_module(module):
+    """Check the contract before anything runs: the methods ``fit`` needs are there and the
+    validation pieces come in pairs."""
+    if not isinstance(module, nn.Module):
+        _fail(f"fit(model): expected a RootModule (an nn.Module) instance, got "
+              f"{type(module).__name__}. Subclass pytorch_lightning.RootModule.")
+    name = type(module).__name__
+    if not _defines(module, 'training_step'):
+        _fail(f"{name} has no training_step. Define `def training_step(self, data_batch, "
+              f"batch_nb)` returning one of:\n{TRAINING_FORMS}")
+    if not _defines(module, 'configure_optimizers'):
+        _fail(f"{name} has no configure_optimizers. Define it and return an optimizer, e.g. "
+              f"`return torch.optim.Adam(self.parameters(), lr=1e-3)`.")
+    if find_loader_attr(module, 'train') is None:
+        _fail(f"{name} has no training dataloader. Define `tng_dataloader` (or "
+              f"`train_dataloader`) as a property or method returning a "
+              f"torch.utils.data.DataLoader.")
+    has_step = _defines(module, 'validation_step')
+    has_loader = find_loader_attr(module, 'val') is not None
+    if has_step and not has_loader:
+        _fail(f"{name} defines validation_step but no val_dataloader. Add a `val_dataloader` "
+              f"property returning a DataLoader, or remove validation_step.")
+    if has_loader and not has_step:
+        _fail(f"{name} defines val_dataloader but no validation_step. Add `def "
+              f"validation_step(self, data_batch, batch_nb)`, or remove val_dataloader.")
+
+
+def check_test_contract(module):
+    name = type(module).__name__
+    has_step, has_loader = _defines(module, 'test_step'), find_loader_attr(module, 'test') is not None
+    if not has_step or not has_loader:
+        missing = ' and '.join(n for n, ok in (('test_step', has_step),
+                                               ('test_dataloader', has_loader)) if not ok)
+        _fail(f"test(): {name} lacks {missing}. Define `def test_step(self, data_batch, "
+              f"batch_nb)` and a `test_dataloader` property returning a DataLoader.")
+
+
+def unsupported_output(out):
+    _fail(f"training_step returned {type(out).__name__} ({out!r:.80}). Return one of:\n"
+          f"{TRAINING_FORMS}")
+
+
+def check_training_output(out):
+    """Full check of the first training step's return value."""
+    if isinstance(out, (tuple, list)):
+        if len(out) != 2 or not isinstance(out[1], dict):
+            _fail(f"training_step returned a {type(out).__name__} of length {len(out)} "
+                  f"({', '.join(type(o).__name__ for o in out)}); a tuple must be "
+                  f"(loss, dict). Return one of:\n{TRAINING_FORMS}")
+        loss = out[0]
+    elif isinstance(out, dict):
+        if 'loss' not in out:
+            _fail(f"training_step returned a dict without 'loss' (keys: {sorted(out)}). "
+                  f"Return one of:\n{TRAINING_FORMS}")
+        for key in ('prog', 'log'):
+            if key in out and not isinstance(out[key], dict):
+                _fail(f"training_step returned {{'{key}': {type(out[key]).__name__}}}; "
+                      f"'{key}' must be a dict of metric name -> value.")
+        loss = out['loss']
+    elif isinstance(out, torch.Tensor):
+        loss = out
+    else:
+        unsupported_output(out)
+    if not isinstance(loss, torch.Tensor):
+        _fail(f"training_step's loss is {type(loss).__name__} ({loss!r:.40}), not a tensor. "
+              f"Return the loss tensor your model computed (do not call .item() on it).")
+    if loss.numel() != 1:
+        _fail(f"training_step's loss has shape {tuple(loss.shape)}; it must be a scalar. "
+              f"Reduce it, e.g. `loss = loss.mean()`.")
+    if not loss.requires_grad:
+        _fail("training_step's loss does not require grad, so backward() cannot train "
+              "anything. Compute it from the model's outputs without torch.no_grad() or "
+              ".detach(), and check that some parameters have requires_grad=True (freeze()?).")
+
+
+def check_eval_end_output(name, metrics):
+    if not isinstance(metrics, dict):
+        _fail(f"{name} returned {type(metrics).__name__}; return a dict of metric name -> "
+              f"value, e.g. `return {{'val_loss': avg_loss}}`.")
