@@ -1,0 +1,136 @@
+"""Pins the loop's hook order (docs/hooks.md) on a 2-epoch run."""
+import torch
+
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import Callback
+
+from models import TinyModel
+
+MODULE_HOOKS = ['on_sanity_check_start', 'on_epoch_start', 'on_batch_start', 'on_after_backward',
+                'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
+                'on_post_performance_check', 'on_epoch_end']
+
+
+class Recording(TinyModel):
+    def __init__(self, log):
+        super().__init__(n=32, batch_size=8)  # 4 training batches per epoch
+        self.log = log
+
+    def training_step(self, data_batch, batch_nb):
+        self.log.append(f'training_step:{batch_nb}')
+        return super().training_step(data_batch, batch_nb)
+
+    def validation_step(self, data_batch, batch_nb):
+        self.log.append(f'validation_step:{batch_nb}')
+        return super().validation_step(data_batch, batch_nb)
+
+    def validation_end(self, outputs):
+        self.log.append('validation_end')
+        return super().validation_end(outputs)
+
+    def configure_optimizers(self):
+        self.log.append('configure_optimizers')
+        return super().configure_optimizers()
+
+    def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
+        self.log.append(f'optimizer_step:{epoch_nb}:{batch_nb}')
+        optimizer.step()
+
+    @property
+    def val_dataloader(self):
+        from models import make_loader
+        return make_loader(16, 8, seed=1)  # 2 validation batches
+
+
+def _add_module_hooks(cls, log_name='log'):
+    for name in MODULE_HOOKS:
+        def hook(self, *args, _name=name):
+            self.log.append(_name)
+        setattr(cls, name, hook)
+
+
+_add_module_hooks(Recording)
+
+
+class RecordingCallback(Callback):
+    def __init__(self, log):
+        self.log = log
+
+    def _rec(name):
+        def hook(self, trainer, module, *args):
+            self.log.append('cb.' + name)
+        return hook
+
+    for _name in ('on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
+                  'on_after_backward', 'on_before_zero_grad', 'on_batch_end',
+                  'on_pre_performance_check', 'on_validation_batch_end', 'on_validation_end',
+                  'on_post_performance_check', 'on_epoch_end', 'on_test_end', 'on_fit_end'):
+        locals()[_name] = _rec(_name)
+    del _name
+
+
+def expected_order(epochs=2, train_batches=4, val_batches=2, sanity=2, accumulate=1):
+    seq = ['configure_optimizers', 'cb.on_fit_start',
+           'on_sanity_check_start', 'cb.on_sanity_check_start',
+           'on_pre_performance_check', 'cb.on_pre_performance_check']
+    for i in range(sanity):
+        seq += [f'validation_step:{i}', 'cb.on_validation_batch_end']
+    seq += ['validation_end', 'on_post_performance_check', 'cb.on_post_performance_check']
+    for epoch in range(epochs):
+        seq += ['on_epoch_start', 'cb.on_epoch_start']
+        for b in range(train_batches):
+            seq += ['on_batch_start', 'cb.on_batch_start', f'training_step:{b}',
+                    'on_after_backward', 'cb.on_after_backward']
+            if (b + 1) % accumulate == 0:
+                seq += [f'optimizer_step:{epoch}:{b}', 'on_before_zero_grad',
+                        'cb.on_before_zero_grad']
+            seq += ['on_batch_end', 'cb.on_batch_end']
+        seq += ['on_pre_performance_check', 'cb.on_pre_performance_check']
+        for i in range(val_batches):
+            seq += [f'validation_step:{i}', 'cb.on_validation_batch_end']
+        seq += ['validation_end', 'cb.on_validation_end', 'on_post_performance_check',
+                'cb.on_post_performance_check', 'on_epoch_end', 'cb.on_epoch_end']
+    seq += ['cb.on_fit_end']
+    return seq
+
+
+def test_two_epoch_hook_order(quiet):
+    log = []
+    model = Recording(log)
+    trainer = Trainer(**quiet(max_nb_epochs=2, nb_sanity_val_steps=2,
+                              callbacks=[RecordingCallback(log)]))
+    trainer.fit(model)
+    assert log == expected_order()
+
+
+def test_hook_order_with_accumulation(quiet):
+    log = []
+    trainer = Trainer(**quiet(max_nb_epochs=2, nb_sanity_val_steps=2, accumulate_grad_batches=2,
+                              callbacks=[RecordingCallback(log)]))
+    trainer.fit(Recording(log))
+    assert log == expected_order(accumulate=2)
+
+
+def test_test_loop_hooks(quiet):
+    log = []
+    model = Recording(log)
+    trainer = Trainer(**quiet(callbacks=[RecordingCallback(log)]))
+    trainer.fit(model)
+    del log[:]
+    metrics = trainer.test()
+    assert log == ['cb.on_test_end']
+    assert set(metrics) == {'test_acc'} and isinstance(metrics['test_acc'], torch.Tensor)
+
+
+def test_seed_style_zero_argument_hooks(quiet):
+    calls = []
+
+    class Seed(TinyModel):
+        def on_batch_start(self):
+            calls.append('start')
+
+        def on_before_zero_grad(self):
+            calls.append('zero')
+
+    Trainer(**quiet(nb_sanity_val_steps=0)).fit(Seed(n=16))
+    assert calls == ['start', 'zero'] * 2

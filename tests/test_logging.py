@@ -1,0 +1,122 @@
+"""test-tube logging: files on disk, rows, hparams, user experiments, failures."""
+import argparse
+import csv
+import os
+
+import pytest
+import torch
+from test_tube import Experiment
+
+from pytorch_lightning import Trainer
+from pytorch_lightning.loggers import LoggerError, TestTubeLogger
+
+from models import TinyModel
+
+
+def read_rows(folder):
+    with open(os.path.join(folder, 'metrics.csv')) as f:
+        return list(csv.DictReader(f))
+
+
+def read_tags(folder):
+    with open(os.path.join(folder, 'meta_tags.csv')) as f:
+        return {row['key']: row['value'] for row in csv.DictReader(f)}
+
+
+def logged_kwargs(tmp_path, **overrides):
+    kwargs = dict(default_save_path=str(tmp_path), progress_bar=False,
+                  print_weights_summary=False, max_nb_epochs=2, nb_sanity_val_steps=0)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def test_default_experiment_writes_rows_tags_and_tensorboard(tmp_path):
+    model = TinyModel(n=160, batch_size=8)  # 20 batches per epoch
+    model.hparams = argparse.Namespace(lr=0.05, layers=1)
+    trainer = Trainer(**logged_kwargs(tmp_path, add_log_row_interval=5, track_grad_norm=2))
+    trainer.fit(model)
+    folder = tmp_path / 'lightning_logs' / 'version_0'
+    assert trainer.logger.version == 0 and trainer.logger.log_dir == str(folder)
+    rows = read_rows(folder)
+    train_rows = [r for r in rows if r['train_loss']]
+    val_rows = [r for r in rows if r['val_loss']]
+    assert len(train_rows) == 8 and len(val_rows) == 2  # 40 batches / 5, one per epoch
+    assert [r['epoch'] for r in val_rows] == ['0', '1']
+    assert all(r['grad_2_norm_total'] for r in train_rows)
+    tags = read_tags(folder)
+    assert set(tags) == {'lr', 'layers'} and float(tags['lr']) == 0.05 and float(tags['layers']) == 1
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(folder / 'tf'))
+    # a second fit takes the next version
+    Trainer(**logged_kwargs(tmp_path, max_nb_epochs=1)).fit(TinyModel())
+    assert (tmp_path / 'lightning_logs' / 'version_1' / 'metrics.csv').exists()
+
+
+def test_experiment_false_writes_nothing(tmp_path):
+    trainer = Trainer(**logged_kwargs(tmp_path, experiment=False))
+    trainer.fit(TinyModel())
+    assert trainer.experiment is None and not (tmp_path / 'lightning_logs').exists()
+
+
+def test_user_experiment_receives_rows_in_order(tmp_path):
+    exp = Experiment(save_dir=str(tmp_path), name='mine')
+    exp.tag({'who': 'user'})
+
+    class LogsDirectly(TinyModel):
+        def on_epoch_end(self):
+            self.experiment.log({'custom': float(self.trainer.current_epoch)})
+
+    trainer = Trainer(**logged_kwargs(tmp_path, experiment=exp))
+    trainer.fit(LogsDirectly())
+    assert trainer.experiment is exp
+    folder = tmp_path / 'mine' / f'version_{exp.version}'
+    rows = read_rows(folder)
+    kinds = ['custom' if r['custom'] else 'val' if r['val_loss'] else 'train' for r in rows]
+    # 8 batches per epoch, a row every 10 batches: the train row lands in epoch 1
+    assert kinds == ['val', 'custom', 'train', 'val', 'custom']
+    assert read_tags(folder)['who'] == 'user'
+    # the user's in-memory Experiment is refreshed and works normally again after fit
+    assert len(exp.metrics) == 5 and 'log' not in exp.__dict__
+    exp.log({'after': 1.0})
+    exp.save()
+    assert len(read_rows(folder)) == 6
+
+
+def test_rows_written_before_a_crash_are_saved(tmp_path):
+    class Crashes(TinyModel):
+        def training_step(self, data_batch, batch_nb):
+            if self.trainer.state.total_batches == 25:
+                raise RuntimeError('boom')
+            return super().training_step(data_batch, batch_nb)
+
+    trainer = Trainer(**logged_kwargs(tmp_path, max_nb_epochs=5))
+    with pytest.raises(RuntimeError, match='boom'):
+        trainer.fit(Crashes())
+    rows = read_rows(tmp_path / 'lightning_logs' / 'version_0')
+    assert len([r for r in rows if r['train_loss']]) == 2  # rows at batches 10 and 20
+    assert len([r for r in rows if r['val_loss']]) == 3
+
+
+def test_writer_failure_is_reported_not_swallowed(tmp_path):
+    blocker = tmp_path / 'not_a_folder'
+    blocker.write_text('a file where the log folder should go')
+    logger = TestTubeLogger(save_dir=str(blocker), name='x', version=0)
+    trainer = Trainer(**logged_kwargs(tmp_path, experiment=logger))
+    with pytest.raises(LoggerError, match='not_a_folder'):
+        trainer.fit(TinyModel())
+
+
+def test_test_metrics_are_logged(tmp_path):
+    trainer = Trainer(**logged_kwargs(tmp_path, max_nb_epochs=1))
+    model = TinyModel()
+    trainer.fit(model)
+    result = trainer.test()
+    rows = read_rows(tmp_path / 'lightning_logs' / 'version_0')
+    assert float(rows[-1]['test_acc']) == pytest.approx(result['test_acc'].item())
+
+
+def test_import_does_not_load_test_tube():
+    import subprocess
+    import sys
+    code = 'import sys, pytorch_lightning; print("test_tube" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'False'
