@@ -1,4 +1,7 @@
-"""Reading the module's dataloaders and deciding how many batches each loop runs."""
+"""Reading the module's dataloaders, deciding how many batches each loop runs, and
+resumable sampling for exact mid-epoch resume."""
+import torch
+
 from .exceptions import MisconfigurationException
 
 #: attribute names tried, in order, for each loop
@@ -65,3 +68,74 @@ def limited_batches(loader, percent, name):
     if length == 0:
         return 0
     return max(1, int(length * percent))
+
+
+# ---------------------------------------------------------------------------- exact resume
+class ResumableBatchSampler:
+    """Wraps a DataLoader's batch sampler so a resumed epoch can skip the batches already
+    trained on by drawing their *indices* only (no data is loaded for them).
+
+    It draws from the inner sampler exactly as the plain loader would (lazily, on the first
+    batch), so random permutations come out identical. ``skip(n, then)``: the next epoch's
+    iteration drops the first ``n`` index lists and calls ``then()`` before the first real
+    batch is loaded (the trainer restores the RNG there).
+    """
+
+    def __init__(self, batch_sampler):
+        self.batch_sampler = batch_sampler
+        self._skip, self._then = 0, None
+
+    def skip(self, count, then=None):
+        self._skip, self._then = count, then
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        inner = iter(self.batch_sampler)
+        count, then = self._skip, self._then
+        self._skip, self._then = 0, None
+        for _ in range(count):
+            next(inner, None)
+        if then is not None:
+            then()
+        yield from inner
+
+
+_LOADER_ARGS = ('num_workers', 'collate_fn', 'pin_memory', 'timeout', 'worker_init_fn',
+                'multiprocessing_context', 'generator', 'persistent_workers', 'pin_memory_device')
+
+
+def make_resumable(loader):
+    """``(loader, sampler)``: a plain map-style ``DataLoader`` is rebuilt once around a
+    ``ResumableBatchSampler`` (same dataset, sampler, workers and collate); anything else is
+    returned unchanged with ``sampler=None`` (resuming it replays the skipped batches)."""
+    from torch.utils.data import DataLoader, IterableDataset
+    if (type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset)
+            or loader.batch_sampler is None):
+        return loader, None
+    sampler = ResumableBatchSampler(loader.batch_sampler)
+    kwargs = {name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name)}
+    if kwargs.get('num_workers', 0) > 0:
+        kwargs['prefetch_factor'] = loader.prefetch_factor
+    else:
+        kwargs.pop('persistent_workers', None)
+    if hasattr(loader, 'in_order'):
+        kwargs['in_order'] = loader.in_order
+    return DataLoader(loader.dataset, batch_sampler=sampler, **kwargs), sampler
+
+
+def generator_states(loader):
+    """States of the torch generators a loader's shuffling uses (loader and sampler)."""
+    states = {}
+    for owner, name in ((loader, 'loader'), (getattr(loader, 'sampler', None), 'sampler')):
+        gen = getattr(owner, 'generator', None)
+        if isinstance(gen, torch.Generator):
+            states[name] = gen.get_state()
+    return states
+
+
+def restore_generator_states(loader, states):
+    for owner, name in ((loader, 'loader'), (getattr(loader, 'sampler', None), 'sampler')):
+        if name in states:
+            owner.generator.set_state(states[name])

@@ -8,3 +8,8 @@ class MisconfigurationException(Exception):
 
 class NonFiniteLossError(FloatingPointError):
     """``training_step`` returned a NaN or infinite loss; the message names epoch and batch."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint file cannot be used: unreadable, truncated, not ours, or for another
+    model. The message names the file and what is wrong."""

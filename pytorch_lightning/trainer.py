@@ -1,23 +1,34 @@
 """The training loop, and nothing else."""
 import collections
+import glob
+import itertools
 import math
 import os
+import re
 
 import torch
 
+from . import checkpoint_io
 from . import validation as checks
 from ._dispatch import HookDispatcher, adapt_step
+from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
+from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
-from .data import get_loader, limited_batches
+from .data import generator_states, get_loader, limited_batches, make_resumable, restore_generator_states
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
 from .placement import CPUPlacement
 from .state import TrainerState
 from .utilities import numbers_only, to_number
+from .utilities.slurm import PreemptionSignal, requeue, slurm_job_id
 
 _EMPTY = {}
+
+
+class _Preempted(Exception):
+    """Internal: SIGUSR1 arrived; the HPC checkpoint is written and the job requeued."""
 
 
 class Trainer:
@@ -53,12 +64,21 @@ class Trainer:
                         validation_step per batch; metrics = validation_end(outputs)
                         train mode; callbacks.on_validation_end(metrics)
                         on_post_performance_check
+                    callbacks.on_save_point                   # checkpoints are written here
+                    if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt, requeue, exit(0)
                     if state.should_stop and epoch + 1 >= min_nb_epochs: end the epoch
                 step an unfinished accumulation window
                 on_epoch_end
                 lr_schedulers.step()
+                callbacks.on_save_point
                 if state.should_stop and epoch + 1 >= min_nb_epochs: stop
             callbacks.on_fit_end                              # final log save
+
+    Resuming (``resume_from_checkpoint``, or the newest ``hpc_ckpt_<n>.ckpt`` found at start)
+    restores every part after ``configure_optimizers``, runs the sanity check, then continues
+    at the saved position: a mid-epoch resume calls ``on_epoch_start`` again, redraws the
+    epoch's shuffle from the saved RNG state, skips the batches already done by index only,
+    and restores the RNG state of the save point before the next batch is loaded.
 
     ``docs/trainer.md`` describes every argument; ``tests/test_hook_order.py`` pins this order.
     """
@@ -70,7 +90,8 @@ class Trainer:
                  accumulate_grad_batches=1, gradient_clip=0, track_grad_norm=-1,
                  print_nan_grads=False, progress_bar=True, process_position=0,
                  log_save_interval=100, add_log_row_interval=10, print_weights_summary=True,
-                 callbacks=None):
+                 callbacks=None, checkpoint_callback=None, early_stop_callback=None,
+                 resume_from_checkpoint=None):
         checks.check_trainer_args(dict(locals()))
         self.default_save_path = os.fspath(default_save_path or os.getcwd())
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
@@ -97,8 +118,17 @@ class Trainer:
         self.add_log_row_interval = add_log_row_interval
         self.print_weights_summary = print_weights_summary
         self.user_callbacks = list(callbacks or [])
+        self.resume_from_checkpoint = resume_from_checkpoint
 
         self.logger = self._build_logger(experiment)
+        self.checkpoint_callback = checkpoint_callback
+        if checkpoint_callback is None:
+            self.checkpoint_callback = ModelCheckpoint(filepath=None)
+            self.checkpoint_callback.monitor.required = False
+        self.early_stop_callback = early_stop_callback
+        if early_stop_callback is None:
+            self.early_stop_callback = EarlyStopping(patience=3)
+            self.early_stop_callback.monitor.required = False
         self.state = TrainerState()
         self.placement = CPUPlacement()
         self.module = None
@@ -107,8 +137,10 @@ class Trainer:
         self.nb_batches_this_epoch = 0
         self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
         self._recent_losses = collections.deque(maxlen=20)
-        self._val_metrics, self._test_metrics = {}, {}
+        self.val_metrics, self._test_metrics = {}, {}
         self._hooks = None
+        self._resume_position = None
+        self._preemption = None
 
     # ------------------------------------------------------------------ readable state
     @property
@@ -150,7 +182,7 @@ class Trainer:
         if self._recent_losses:
             metrics['loss'] = f'{self.running_loss():.3f}'
         metrics.update(numbers_only(self.last_prog))
-        metrics.update(numbers_only(self._val_metrics))
+        metrics.update(numbers_only(self.val_metrics))
         return metrics
 
     @property
@@ -161,7 +193,7 @@ class Trainer:
         metrics.update(self.last_prog)
         if self.last_loss is not None:
             metrics['loss'] = self.last_loss
-        metrics.update(self._val_metrics)
+        metrics.update(self.val_metrics)
         metrics.update(self._test_metrics)
         return metrics
 
@@ -175,12 +207,22 @@ class Trainer:
         from .loggers import TestTubeLogger
         if isinstance(experiment, TestTubeLogger):
             return experiment
-        if experiment is None:
-            return TestTubeLogger(save_dir=self.default_save_path, name='lightning_logs')
+        if experiment is None:  # under SLURM the version is the job id, so a requeue finds it
+            job = slurm_job_id()
+            version = int(job.replace('_', '')) if job and job.replace('_', '').isdigit() else None
+            return TestTubeLogger(save_dir=self.default_save_path, name='lightning_logs',
+                                  version=version)
         return TestTubeLogger(experiment=experiment)
 
+    def default_checkpoint_dir(self):
+        """``<experiment folder>/checkpoints``, or ``default_save_path/checkpoints`` without
+        logging. Default ModelCheckpoint files and HPC checkpoints go here."""
+        if self.logger is None:
+            return os.path.join(self.default_save_path, 'checkpoints')
+        return os.path.join(self.logger.log_dir, 'checkpoints')
+
     def _callbacks(self):
-        built_in = []
+        built_in = [cb for cb in (self.checkpoint_callback, self.early_stop_callback) if cb]
         if self.logger is not None:
             built_in.append(MetricsLogging(self.logger, self.add_log_row_interval,
                                            self.log_save_interval, self.track_grad_norm))
@@ -198,7 +240,7 @@ class Trainer:
         self.module = self.placement.setup(model)
         model.trainer = self
         model.experiment = self.experiment
-        self._active_callbacks = self._callbacks()
+        self._active_callbacks = self.checkpointed_callbacks = self._callbacks()
         self._hooks = HookDispatcher(self, model, self._active_callbacks)
 
     def _batch_limit(self, loader, percent, name):
@@ -211,7 +253,7 @@ class Trainer:
         self._attach(model)
         self.optimizers, self.lr_schedulers = normalize_optimizers(model.configure_optimizers())
         self._train_step = adapt_step(model, 'training_step', len(self.optimizers))
-        self._train_loader = get_loader(model, 'train')
+        self._train_loader, self._resumable_sampler = make_resumable(get_loader(model, 'train'))
         self.nb_training_batches = self._batch_limit(self._train_loader, self.train_percent_check,
                                                      'train_percent_check')
         if self.nb_training_batches == 0:
@@ -225,7 +267,7 @@ class Trainer:
             self.nb_val_batches = self._batch_limit(self._val_loader, self.val_percent_check,
                                                     'val_percent_check')
         self._val_every = self._validation_interval()
-        self._param_groups = [[p for g in opt.param_groups for p in g['params']]
+        self.param_groups = [[p for g in opt.param_groups for p in g['params']]
                               for opt in self.optimizers]
         self._checked_output = False
 
@@ -262,9 +304,12 @@ class Trainer:
     # ------------------------------------------------------------------ fit
     def fit(self, model):
         """Train ``model``; returns ``None``. Misconfiguration is reported before the
-        first batch. Logs are saved even when training raises."""
+        first batch. Logs are saved even when training raises. Under SLURM, SIGUSR1 ends
+        the process with exit code 0 after writing an HPC checkpoint and requeueing."""
         self._setup_fit(model)
+        self._restore_if_asked()
         hooks = self._hooks
+        self._preemption = self._install_preemption()
         try:
             hooks.call('on_fit_start')
             if self.print_weights_summary:
@@ -273,9 +318,17 @@ class Trainer:
             self._train()
             self.state.stage = 'idle'
             hooks.call('on_fit_end')
+        except _Preempted as stop:
+            self._close_after_failure(stop)
+            print(f'SLURM preemption: {stop}; exiting so the requeued job can resume.')
+            raise SystemExit(0)
         except BaseException as err:
             self._close_after_failure(err)
             raise
+        finally:
+            if self._preemption is not None:
+                self._preemption.uninstall()
+                self._preemption = None
 
     def _close_after_failure(self, err):
         """Finish writing logs and close the bar; the original error still propagates."""
@@ -288,6 +341,61 @@ class Trainer:
                     err.add_note(f'(while closing after this error, {type(part).__name__} '
                                  f'also failed: {close_err!r})')
 
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path):
+        """Write a checkpoint of the whole run to ``path`` (atomically). Meant for save
+        points (``Callback.on_save_point``), where resuming from it is exact."""
+        checkpoint_io.atomic_save(checkpoint_io.dump(self, self._position()), path)
+
+    def _position(self):
+        state = self.state
+        if self._epoch_done:
+            return {'epoch_complete': True}
+        return {'epoch_complete': False, 'batches_done': state.batch_idx + 1,
+                'window': self._window, 'epoch_start_rng': self._epoch_start_rng,
+                'epoch_start_generators': self._epoch_start_generators}
+
+    def _hpc_checkpoints(self):
+        found = []
+        for path in glob.glob(os.path.join(glob.escape(self.default_checkpoint_dir()), 'hpc_ckpt_*.ckpt')):
+            match = re.fullmatch(r'hpc_ckpt_(\d+)\.ckpt', os.path.basename(path))
+            if match:
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    def _restore_if_asked(self):
+        path = self.resume_from_checkpoint
+        if path is None and (self.logger is None or self.logger._version is not None):
+            hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
+            path = hpc[-1] if hpc else None
+        self._resume_position = None
+        if path is None:
+            return
+        checkpoint = checkpoint_io.load(path)
+        position, rng = checkpoint_io.restore(self, checkpoint, path)
+        self._resume_position = (position, rng)
+        print(f'resumed from {os.fspath(path)} (epoch {self.state.epoch}, '
+              f'global step {self.state.global_step})')
+
+    def _install_preemption(self):
+        if slurm_job_id() is None:
+            return None
+        signal_ = PreemptionSignal()
+        return signal_ if signal_.install() else None
+
+    def _save_point(self):
+        for fn in self._hooks.hooks['on_save_point']:
+            fn()
+        if self._preemption is not None and self._preemption.requested:
+            existing = self._hpc_checkpoints()
+            number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
+            path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
+            self.save_checkpoint(path)
+            job = slurm_job_id()
+            requeue(job)
+            raise _Preempted(f'saved {path} and requeued job {job}')
+
+    # ------------------------------------------------------------------ loop
     def _sanity_check(self):
         if self._val_loader is None or self.nb_sanity_val_steps == 0 or self.nb_val_batches == 0:
             return
@@ -300,27 +408,67 @@ class Trainer:
 
     def _train(self):
         state = self.state
-        for epoch in range(state.epoch, self.max_nb_epochs):
+        self._epoch_done = False
+        start, resume = state.epoch, self._resume_position
+        self._resume_position = None
+        if resume is not None and resume[0]['epoch_complete']:
+            checkpoint_io.restore_rng(resume[1])
+            start, resume = start + 1, None
+        for epoch in range(start, self.max_nb_epochs):
+            if resume is None:
+                state.should_stop = state.should_stop and epoch < self.min_nb_epochs
             state.epoch = epoch
             state.stage = 'train'
-            self._run_epoch(epoch)
+            self._epoch_done = False
+            self._run_epoch(epoch, resume)
+            resume = None
             for scheduler in self.lr_schedulers:
                 self._step_scheduler(scheduler)
+            self._epoch_done = True
+            self._save_point()
             if state.should_stop and epoch + 1 >= self.min_nb_epochs:
                 break
 
     def _step_scheduler(self, scheduler):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if 'val_loss' not in self._val_metrics:
+            if 'val_loss' not in self.val_metrics:
                 raise MisconfigurationException(
                     "ReduceLROnPlateau steps on 'val_loss', but validation_end returned "
-                    f"{sorted(self._val_metrics)}. Return {{'val_loss': ...}} from "
+                    f"{sorted(self.val_metrics)}. Return {{'val_loss': ...}} from "
                     "validation_end.")
-            scheduler.step(to_number(self._val_metrics['val_loss']))
+            scheduler.step(to_number(self.val_metrics['val_loss']))
         else:
             scheduler.step()
 
-    def _run_epoch(self, epoch):
+    def _epoch_batches(self, resume):
+        """``(first batch index, iterator)`` for this epoch; on a mid-epoch resume the
+        shuffle is redrawn from the saved epoch-start RNG and the done batches skipped."""
+        loader = self._train_loader
+        if resume is None:
+            self._epoch_start_rng = checkpoint_io.capture_rng()
+            self._epoch_start_generators = generator_states(loader)
+            return 0, iter(loader)
+        position, rng_now = resume
+        self._epoch_start_rng = position['epoch_start_rng']
+        self._epoch_start_generators = position['epoch_start_generators']
+        checkpoint_io.restore_rng(self._epoch_start_rng)
+        restore_generator_states(loader, self._epoch_start_generators)
+        done = position['batches_done']
+        self._window = position['window']
+        state = self.state
+        if state.should_stop and state.epoch + 1 >= self.min_nb_epochs:
+            checkpoint_io.restore_rng(rng_now)  # it stopped right at the save point
+            return done, iter(())
+        if self._resumable_sampler is not None:  # index work only
+            self._resumable_sampler.skip(done, lambda: checkpoint_io.restore_rng(rng_now))
+            return done, iter(loader)
+        batches = iter(loader)  # a loader we cannot rebuild: replay its batches
+        for _ in itertools.islice(batches, done):
+            pass
+        checkpoint_io.restore_rng(rng_now)
+        return done, batches
+
+    def _run_epoch(self, epoch, resume=None):
         state, hooks = self.state, self._hooks
         nb = self.nb_training_batches
         val_epoch = (epoch + 1) % self.check_val_every_n_epoch == 0
@@ -334,8 +482,10 @@ class Trainer:
         callback_batch_start = hooks.hooks['on_batch_start']
         batch_end = hooks.hooks['on_batch_end']
         run_batch = self._run_training_batch
+        save_point = self._save_point
         min_epochs = self.min_nb_epochs
-        for batch_idx, batch in enumerate(self._train_loader):
+        first, batches = self._epoch_batches(resume)
+        for batch_idx, batch in enumerate(batches, first):
             if nb is not None and batch_idx >= nb:
                 break
             state.batch_idx = batch_idx
@@ -351,6 +501,7 @@ class Trainer:
                 fn()
             if val_every and (batch_idx + 1) % val_every == 0:
                 self._validate()
+            save_point()
             if state.should_stop and epoch + 1 >= min_epochs:
                 break
         if state.accumulation_position:  # loader ran out (or stopped) mid-window
@@ -418,7 +569,7 @@ class Trainer:
 
     def _optimizer_step(self, epoch, batch_idx, optimizer, opt_i):
         if self.gradient_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self._param_groups[opt_i], self.gradient_clip)
+            torch.nn.utils.clip_grad_norm_(self.param_groups[opt_i], self.gradient_clip)
         user_step = self._hooks.module_optimizer_step
         if user_step is None:
             optimizer.step()
@@ -435,9 +586,9 @@ class Trainer:
     def _freeze_other_params(self, opt_i):
         """With several optimizers, only optimizer ``opt_i``'s parameters get gradients
         from its loss (e.g. a GAN's generator loss must not touch discriminator grads)."""
-        own = {id(p) for p in self._param_groups[opt_i]}
+        own = {id(p) for p in self.param_groups[opt_i]}
         frozen = []
-        for i, params in enumerate(self._param_groups):
+        for i, params in enumerate(self.param_groups):
             if i != opt_i:
                 for param in params:
                     if id(param) not in own and param.requires_grad:
@@ -498,7 +649,7 @@ class Trainer:
             hooks.call('on_test_end', metrics)
         else:
             if not sanity:
-                self._val_metrics = metrics
+                self.val_metrics = metrics
                 hooks.call('on_validation_end', metrics)
             hooks.call('on_post_performance_check')
         return metrics

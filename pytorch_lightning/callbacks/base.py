@@ -6,7 +6,7 @@ CALLBACK_HOOKS = (
     'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
     'on_after_backward', 'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
     'on_validation_batch_end', 'on_validation_end', 'on_post_performance_check',
-    'on_epoch_end', 'on_test_end', 'on_fit_end',
+    'on_epoch_end', 'on_save_point', 'on_test_end', 'on_fit_end',
 )
 
 
@@ -18,6 +18,11 @@ class Callback:
     """
 
     skip_hooks = frozenset()
+
+    @property
+    def state_key(self):
+        """Key of this callback's state inside checkpoints (class name by default)."""
+        return type(self).__qualname__
 
     def on_fit_start(self, trainer, module):
         """Once, after setup and before the sanity check."""
@@ -55,6 +60,12 @@ class Callback:
 
     def on_epoch_end(self, trainer, module):
         """At the end of each training epoch."""
+
+    def on_save_point(self, trainer, module):
+        """At a point the loop can resume from exactly: after each training batch is wholly
+        done (its hooks, any validation point) and after each epoch is wholly done (after
+        ``on_epoch_end`` and the LR schedulers). Write checkpoints here, not earlier, so
+        every other part's state is final."""
 
     def on_test_end(self, trainer, module, metrics):
         """After ``test_end`` returned ``metrics``."""

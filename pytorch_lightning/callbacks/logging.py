@@ -7,7 +7,9 @@ from .base import Callback
 
 
 class MetricsLogging(Callback):
-    """A metrics row every ``row_interval`` training batches and after each validation;
+    """A metrics row every ``row_interval`` training batches and after each validation (its
+    TensorBoard step is the number of training batches seen, so a resume can hide exactly the
+    rows logged after the checkpoint);
     ``logger.save()`` every ``save_interval`` batches and when fit ends.
     With ``grad_norm_type > 0`` each training row also carries the gradient norms."""
 
@@ -39,7 +41,7 @@ class MetricsLogging(Callback):
             if self._grad_norms:
                 row.update(self._grad_norms)
                 self._grad_norms = {}
-            self.logger.log_metrics(row, trainer.state.global_step)
+            self.logger.log_metrics(row, trainer.state.total_batches)
         self._until_save -= 1
         if self._until_save == 0:
             self._until_save = self.save_interval
@@ -48,10 +50,10 @@ class MetricsLogging(Callback):
     def on_validation_end(self, trainer, module, metrics):
         row = numbers_only(metrics)
         row['epoch'] = trainer.state.epoch
-        self.logger.log_metrics(row, trainer.state.global_step)
+        self.logger.log_metrics(row, trainer.state.total_batches)
 
     def on_test_end(self, trainer, module, metrics):
-        self.logger.log_metrics(numbers_only(metrics), trainer.state.global_step)
+        self.logger.log_metrics(numbers_only(metrics), trainer.state.total_batches)
         self.logger.save()
 
     def on_fit_end(self, trainer, module):

@@ -5,7 +5,7 @@ Run as ``python -m pytorch_lightning.loggers._writer``. It reads pickled request
 and writes pickled replies to its original stdout; anything printed goes to stderr.
 
 Requests: ('open', key, kwargs) ('log', key, row, step) ('tag', key, dict) ('save', key)
-('flush', key) ('close', key) ('exit',). Replies (only to open/flush/close):
+('truncate', key, nb_rows) ('flush', key) ('close', key) ('exit',). Replies (only to open/flush/close):
 (kind, key, payload, error_text_or_None).
 """
 import os
@@ -77,7 +77,12 @@ def _serve(requests, replies):
             exp = experiments.get(key)
             if exp is not None:
                 guarded(key, exp.save)
-            reply('flushed', key)
+            reply('flushed', key, None if exp is None else len(exp.metrics))
+        elif kind == 'truncate':  # resume: drop rows logged after the checkpoint
+            exp = experiments.get(key)
+            if exp is not None:
+                del exp.metrics[msg[2]:]
+                guarded(key, exp.save)
         elif kind == 'close':
             reply('closed', key, close(key))
         elif kind == 'exit':

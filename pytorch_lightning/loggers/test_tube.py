@@ -107,6 +107,7 @@ class TestTubeLogger:
         self._key = None
         self._open_acknowledged = False
         self._tagged = False
+        self._resume = None  # (rows to keep, TensorBoard purge step) for the next open
 
     # -------------------------------------------------------------- lifecycle
     def _ensure_open(self):
@@ -118,9 +119,14 @@ class TestTubeLogger:
         self._service = _WriterService.get()
         self._open_acknowledged = False
         self._key = f'{id(self)}:{self.save_dir}:{self.name}'
-        self._service.send(('open', self._key, dict(
-            save_dir=self.save_dir, name=self.name, version=self._version,
-            description=self.description, debug=self.debug)))
+        kwargs = dict(save_dir=self.save_dir, name=self.name, version=self._version,
+                      description=self.description, debug=self.debug)
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            kwargs['purge_step'] = resume[1]  # TensorBoard hides events from the killed run
+        self._service.send(('open', self._key, kwargs))
+        if resume is not None:
+            self._service.send(('truncate', self._key, resume[0]))
         if exp is not None:  # route the user's own calls through the writer while open
             exp.log, exp.tag, exp.save = self.log, self.tag, self.save
 
@@ -183,11 +189,30 @@ class TestTubeLogger:
 
     # -------------------------------------------------------------- synchronous
     def flush(self):
-        """Block until everything queued is on disk; raise ``LoggerError`` if any write failed."""
-        if self._service is not None:
-            self._await_open()
-            self._service.send(('flush', self._key))
-            self._service.await_reply('flushed', self._key)
+        """Block until everything queued is on disk; raise ``LoggerError`` if any write
+        failed. Returns the number of metric rows the experiment holds."""
+        self._ensure_open()
+        self._await_open()
+        self._service.send(('flush', self._key))
+        return self._service.await_reply('flushed', self._key)
+
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self, step):
+        """What a checkpoint records: the version and how many rows are on disk (flushed
+        now, so a resume finds every row up to the checkpoint)."""
+        rows = self.flush()
+        return {'name': self.name, 'version': self.version, 'rows': rows, 'step': step}
+
+    def load_state_dict(self, state):
+        """Continue the checkpoint's version: rows after ``state['rows']`` are dropped and
+        TensorBoard events after ``state['step']`` hidden when the experiment next opens."""
+        self.finalize()
+        if self.user_experiment is not None and self.user_experiment.version != state['version']:
+            print(f"resuming: logging continues in version {state['version']} of "
+                  f"{self.name!r} (the checkpoint's), not in version "
+                  f"{self.user_experiment.version} of the Experiment passed in.")
+        self._version = state['version']
+        self._resume = (state['rows'], state['step'] + 1)
 
     def finalize(self):
         """Save, close the writer's Experiment and wait for it; refresh a user Experiment.

@@ -1,0 +1,58 @@
+"""What ModelCheckpoint and EarlyStopping share: reading one metric and comparing it."""
+import math
+
+from ..exceptions import MisconfigurationException
+from ..utilities import to_number
+
+
+class Monitor:
+    """Watches ``metrics[key]`` in ``mode`` ('min', 'max' or 'auto': names containing 'acc'
+    are maximised, everything else minimised; the choice is printed once).
+
+    ``required=False`` (the trainer's default callbacks) turns a missing key into a printed
+    notice that disables the owner; otherwise it is a ``MisconfigurationException``.
+    """
+
+    def __init__(self, owner, key, mode, min_delta=0.0):
+        if mode not in ('auto', 'min', 'max'):
+            raise MisconfigurationException(
+                f"{owner}(mode={mode!r}): use 'min' (lower is better), 'max' (higher is better) "
+                f"or 'auto' (max for names containing 'acc', min otherwise).")
+        self.owner, self.key, self.min_delta = owner, key, abs(min_delta)
+        self.mode = mode
+        self.required = True
+        self.disabled = False
+        self._announced = False
+
+    def resolve_mode(self):
+        if self.mode == 'auto':
+            self.mode = 'max' if 'acc' in self.key.lower() else 'min'
+            print(f"{self.owner}: monitoring {self.key!r} in {self.mode!r} mode (inferred from "
+                  f"the name; pass mode='min' or mode='max' to choose).")
+        return self.mode
+
+    def read(self, metrics):
+        """The monitored value as a float, or ``None`` when disabled."""
+        if self.disabled:
+            return None
+        if self.key not in metrics:
+            available = sorted(metrics)
+            if self.required:
+                raise MisconfigurationException(
+                    f"{self.owner}(monitor={self.key!r}): validation_end returned no "
+                    f"{self.key!r}; available keys: {available}. Return it from validation_end "
+                    f"or pass monitor= one of those keys.")
+            self.disabled = True
+            print(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}); "
+                  f"this default {self.owner} is off. Pass {self.owner.lower()}_callback="
+                  f"{self.owner}(monitor=...) to the Trainer to use another metric.")
+            return None
+        self.resolve_mode()
+        return float(to_number(metrics[self.key]))
+
+    def improved(self, value, best):
+        if best is None:
+            return not math.isnan(value)
+        if self.mode == 'min':
+            return value < best - self.min_delta
+        return value > best + self.min_delta

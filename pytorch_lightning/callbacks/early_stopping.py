@@ -1,0 +1,40 @@
+"""Stop training when a validation metric stops improving."""
+from .base import Callback
+from ._monitor import Monitor
+
+
+class EarlyStopping(Callback):
+    """After each validation, compare ``metrics[monitor]`` with the best so far; after
+    ``patience`` validations without an improvement larger than ``min_delta``, set
+    ``trainer.state.should_stop`` (the trainer still runs ``min_nb_epochs`` epochs)."""
+
+    def __init__(self, monitor='val_loss', min_delta=0.0, patience=3, mode='auto'):
+        self.monitor = Monitor('EarlyStopping', monitor, mode, min_delta)
+        self.patience = patience
+        self.best = None
+        self.wait = 0
+        self.stopped_epoch = None
+
+    def on_validation_end(self, trainer, module, metrics):
+        value = self.monitor.read(metrics)
+        if value is None:
+            return
+        if self.monitor.improved(value, self.best):
+            self.best, self.wait = value, 0
+            if self.stopped_epoch is not None:  # our earlier request no longer holds
+                self.stopped_epoch = None
+                trainer.state.should_stop = False
+            return
+        self.wait += 1
+        if self.wait >= self.patience and self.stopped_epoch is None:
+            self.stopped_epoch = trainer.state.epoch
+            trainer.state.should_stop = True
+
+    def state_dict(self):
+        return {'best': self.best, 'wait': self.wait, 'stopped_epoch': self.stopped_epoch,
+                'mode': self.monitor.mode, 'disabled': self.monitor.disabled}
+
+    def load_state_dict(self, state):
+        self.best, self.wait = state['best'], state['wait']
+        self.stopped_epoch = state['stopped_epoch']
+        self.monitor.mode, self.monitor.disabled = state['mode'], state['disabled']

@@ -1,0 +1,106 @@
+"""Checkpoints at validation points (best by a metric, and an always-current last.ckpt)."""
+import math
+import os
+
+from ..exceptions import MisconfigurationException
+from .base import Callback
+from ._monitor import Monitor
+
+
+class ModelCheckpoint(Callback):
+    """Saves checkpoints into the folder ``filepath``.
+
+    - After each validation (every ``period`` epochs), when ``metrics[monitor]`` improved
+      (or always, with ``save_best_only=False``): ``{prefix}epoch=<e>-step=<s>-<monitor>=<v>.ckpt``.
+      With ``save_best_only`` the previous best file is removed once the new one is written.
+    - ``save_last``: ``{prefix}last.ckpt`` is rewritten at every validation point, at every
+      epoch end, and every ``every_n_steps`` optimizer steps (mid-epoch).
+
+    Files are written at the next save point (see ``Callback.on_save_point``), so they hold
+    every part's final state for that batch. ``filepath=None``: the trainer's default folder
+    (``<experiment folder>/checkpoints``).
+    """
+
+    def __init__(self, filepath=None, monitor='val_loss', save_best_only=True, mode='auto',
+                 period=1, prefix='', save_last=True, every_n_steps=None):
+        if filepath is not None and not isinstance(filepath, (str, os.PathLike)):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(filepath={filepath!r}): expected the folder to save into.")
+        if os.path.splitext(os.fspath(filepath or ''))[1] == '.ckpt':
+            raise MisconfigurationException(
+                f"ModelCheckpoint(filepath={filepath!r}) is a folder, not a file name: "
+                f"pass {os.path.dirname(os.fspath(filepath)) or '.'!r} and use prefix= to name files.")
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise MisconfigurationException(
+                f"ModelCheckpoint(period={period!r}): expected an int >= 1 (epochs between saves).")
+        if every_n_steps is not None and (isinstance(every_n_steps, bool)
+                                          or not isinstance(every_n_steps, int) or every_n_steps < 1):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(every_n_steps={every_n_steps!r}): expected None or an int >= 1.")
+        self.filepath = None if filepath is None else os.fspath(filepath)
+        self.monitor = Monitor('ModelCheckpoint', monitor, mode)
+        self.save_best_only, self.period, self.prefix = save_best_only, period, prefix
+        self.save_last, self.every_n_steps = save_last, every_n_steps
+        self.best = None
+        self.best_path = None
+        self._want_best = None    # value to save as best at the next save point
+        self._want_last = False
+        self._last_step_saved = 0
+
+    @property
+    def last_path(self):
+        return os.path.join(self.filepath, f'{self.prefix}last.ckpt')
+
+    def on_fit_start(self, trainer, module):
+        if self.filepath is None:
+            self.filepath = trainer.default_checkpoint_dir()
+
+    def on_validation_end(self, trainer, module, metrics):
+        if (trainer.state.epoch + 1) % self.period:
+            return
+        self._want_last = self.save_last
+        value = self.monitor.read(metrics)
+        if value is None:
+            return
+        if not self.save_best_only or self.monitor.improved(value, self.best):
+            self._want_best = value
+
+    def on_epoch_end(self, trainer, module):
+        self._want_last = self._want_last or self.save_last
+
+    def on_save_point(self, trainer, module):
+        step = trainer.state.global_step
+        if self.every_n_steps and step - self._last_step_saved >= self.every_n_steps:
+            self._want_last = True
+        if self._want_best is not None:
+            value, self._want_best = self._want_best, None
+            self._save_best(trainer, value)
+        if self._want_last and self.save_last:
+            self._want_last = False
+            self._last_step_saved = step
+            trainer.save_checkpoint(self.last_path)
+
+    def _save_best(self, trainer, value):
+        state = trainer.state
+        shown = 'nan' if math.isnan(value) else f'{value:.4f}'
+        name = f'{self.prefix}epoch={state.epoch}-step={state.global_step}-{self.monitor.key}={shown}.ckpt'
+        path = os.path.join(self.filepath, name)
+        previous = self.best_path
+        if self.monitor.improved(value, self.best):
+            self.best, self.best_path = value, path
+        trainer.save_checkpoint(path)  # holds the updated best, so a resume knows it
+        if (self.save_best_only and self.best_path == path and previous and previous != path
+                and os.path.exists(previous)):
+            os.remove(previous)
+
+    def state_dict(self):
+        return {'best': self.best, 'best_path': self.best_path, 'mode': self.monitor.mode,
+                'disabled': self.monitor.disabled, 'last_step_saved': self._last_step_saved,
+                'filepath': self.filepath}
+
+    def load_state_dict(self, state):
+        self.best, self.best_path = state['best'], state['best_path']
+        self.monitor.mode, self.monitor.disabled = state['mode'], state['disabled']
+        self._last_step_saved = state['last_step_saved']
+        if self.filepath is None:
+            self.filepath = state['filepath']

@@ -1,0 +1,207 @@
+"""Checkpoint files: atomic writes, readable errors, RNG capture.
+
+A checkpoint is the user's ``get_save_dict()`` content with one reserved key, ``'lightning'``,
+holding what the trainer needs to resume exactly (built by the trainer from each part's
+``state_dict()``; this module never looks inside callbacks).
+"""
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+from .exceptions import CheckpointError
+from .utilities._version import __version__
+
+KEY = 'lightning'
+
+
+# ------------------------------------------------------------------------------ writing
+def atomic_save(obj, path):
+    """``torch.save(obj)`` to a temporary file in the same folder, flush + fsync, then
+    rename over ``path``. A crash at any moment leaves either the old file or the new one,
+    never a truncated file under ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+# ------------------------------------------------------------------------------ reading
+def load(path):
+    """Read a checkpoint written by ``atomic_save``; ``CheckpointError`` names the file and
+    the problem when it is missing, truncated, corrupt or not a pytorch_lightning checkpoint."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a file).")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            OSError) as err:
+        size = os.path.getsize(path)
+        raise CheckpointError(
+            f"checkpoint {path!r} ({size} bytes) cannot be read: it is truncated or not a "
+            f"torch.save file ({type(err).__name__}: {err}). Use another checkpoint, e.g. "
+            f"last.ckpt or an earlier one.") from err
+    if not isinstance(checkpoint, dict) or KEY not in checkpoint:
+        keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path!r} is a torch file but not a pytorch_lightning checkpoint (no "
+            f"{KEY!r} section; found {keys}). Load plain weights with "
+            f"model.load_state_dict(torch.load(path)).")
+    return checkpoint
+
+
+def describe_mismatch(model, state_dict):
+    """Human-readable missing/unexpected keys and shape mismatches, or '' if they match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
+              for k in own if k in state_dict and hasattr(state_dict[k], 'shape')
+              and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        parts.append('shape mismatches ' + '; '.join(shapes[:8]))
+    return ', '.join(parts)
+
+
+def load_into_model(model, checkpoint, path):
+    """Call the model's ``load_model_specific(checkpoint)``; a wrong model gives a
+    ``CheckpointError`` naming the file, the saved class and what does not match."""
+    saved_class = checkpoint[KEY].get('model_class', '?')
+    state = checkpoint.get('state_dict')
+    if isinstance(state, dict):
+        problem = describe_mismatch(model, state)
+        if problem:
+            raise CheckpointError(
+                f"checkpoint {os.fspath(path)!r} (saved from {saved_class}) does not fit "
+                f"{type(model).__name__}: {problem}. Load it into the model class and "
+                f"hyperparameters that wrote it.")
+    try:
+        model.load_model_specific(checkpoint)
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(
+            f"load_model_specific failed for checkpoint {os.fspath(path)!r} (saved from "
+            f"{saved_class}) into {type(model).__name__}: {err}") from err
+
+
+# ------------------------------------------------------------------------------ RNG
+def capture_rng():
+    """The state of every random generator a training step can touch."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(),
+             'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def library_version():
+    return __version__
+
+
+# ------------------------------------------------------------------------------ assembling
+def callback_keys(callbacks):
+    """Stable, unique state keys: ``state_key``, with ``#<n>`` added for repeats."""
+    keys, seen = [], {}
+    for cb in callbacks:
+        key = cb.state_key
+        seen[key] = seen.get(key, 0) + 1
+        keys.append(key if seen[key] == 1 else f'{key}#{seen[key] - 1}')
+    return keys
+
+
+def dump(trainer, position):
+    """The checkpoint dict for ``trainer`` right now. ``position`` says where the loop
+    stands (see ``Trainer._position``). Every part contributes its own ``state_dict()``."""
+    module = trainer.module
+    checkpoint = dict(module.get_save_dict())
+    if KEY in checkpoint:
+        raise CheckpointError(
+            f"get_save_dict returned a {KEY!r} key, which is reserved for the trainer's "
+            f"state. Rename it.")
+    grads = None
+    if trainer.state.accumulation_position:  # mid-window: the partial gradient sum
+        grads = [[None if p.grad is None else p.grad.detach().clone() for p in group]
+                 for group in trainer.param_groups]
+    callbacks = trainer.checkpointed_callbacks
+    checkpoint[KEY] = {
+        'library_version': __version__,
+        'model_class': f'{type(module).__module__}.{type(module).__qualname__}',
+        'hparams': trainer.hparams_dict(),
+        'trainer_state': trainer.state.state_dict(),
+        'position': position,
+        'rng': capture_rng(),
+        'optimizers': [opt.state_dict() for opt in trainer.optimizers],
+        'lr_schedulers': [sched.state_dict() for sched in trainer.lr_schedulers],
+        'callbacks': dict(zip(callback_keys(callbacks), (cb.state_dict() for cb in callbacks))),
+        'logger': (None if trainer.logger is None
+                   else trainer.logger.state_dict(trainer.state.total_batches)),
+        'accumulated_grads': grads,
+        'val_metrics': dict(trainer.val_metrics),
+    }
+    return checkpoint
+
+
+def restore(trainer, checkpoint, path):
+    """Load ``checkpoint`` into the module, optimizers, schedulers, callbacks, logger and
+    trainer state; returns the saved ``position``."""
+    meta = checkpoint[KEY]
+    load_into_model(trainer.module, checkpoint, path)
+    for kind, parts, saved in (('optimizers', trainer.optimizers, meta['optimizers']),
+                               ('lr_schedulers', trainer.lr_schedulers, meta['lr_schedulers'])):
+        if len(parts) != len(saved):
+            raise CheckpointError(
+                f"checkpoint {os.fspath(path)!r} holds {len(saved)} {kind}, but "
+                f"configure_optimizers returned {len(parts)}. Resume with the same "
+                f"configure_optimizers that wrote it.")
+        for part, state in zip(parts, saved):
+            try:
+                part.load_state_dict(state)
+            except (ValueError, KeyError) as err:
+                raise CheckpointError(f"checkpoint {os.fspath(path)!r}: cannot load {kind} "
+                                      f"state ({err}).") from err
+    callbacks = trainer.checkpointed_callbacks
+    saved_callbacks = meta['callbacks']
+    for key, cb in zip(callback_keys(callbacks), callbacks):
+        if key in saved_callbacks:
+            cb.load_state_dict(saved_callbacks[key])
+    trainer.state.load_state_dict(meta['trainer_state'])
+    if meta['accumulated_grads'] is not None:
+        for group, grads in zip(trainer.param_groups, meta['accumulated_grads']):
+            for param, grad in zip(group, grads):
+                param.grad = None if grad is None else grad.to(param.device)
+    trainer.val_metrics = dict(meta['val_metrics'])
+    if trainer.logger is not None and meta['logger'] is not None:
+        trainer.logger.load_state_dict(meta['logger'])
+    return meta['position'], meta['rng']

@@ -1,0 +1,48 @@
+"""SLURM preemption: SIGUSR1 asks the trainer to save, requeue and exit."""
+import os
+import signal
+import subprocess
+import threading
+
+
+def slurm_job_id():
+    """The SLURM job id (array jobs: ``<array job id>_<task id>``), or ``None`` outside SLURM."""
+    array_id = os.environ.get('SLURM_ARRAY_JOB_ID')
+    if array_id is not None and 'SLURM_ARRAY_TASK_ID' in os.environ:
+        return f"{array_id}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get('SLURM_JOB_ID')
+
+
+class PreemptionSignal:
+    """While installed, SIGUSR1 only records the request; the loop acts on it at its next
+    save point (never inside a half-finished step)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return False  # signal handlers can only be set from the main thread
+        self._previous = signal.signal(signal.SIGUSR1, self._handle)
+        return True
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
+
+
+def requeue(job_id):
+    """Ask SLURM to requeue ``job_id``; SIGTERM (sent by the requeue) is ignored from here
+    on so the process can finish writing and exit by itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    result = subprocess.run(['scontrol', 'requeue', str(job_id)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"`scontrol requeue {job_id}` failed (exit {result.returncode}): "
+            f"{result.stderr.strip() or result.stdout.strip()}. The HPC checkpoint was written; "
+            f"resubmit the job to continue from it.")
