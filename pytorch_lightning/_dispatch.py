@@ -10,7 +10,7 @@ from .callbacks.base import CALLBACK_HOOKS, Callback
 from .exceptions import MisconfigurationException
 from .module import HOOKS as MODULE_HOOKS
 from .module import RootModule
-from .utilities import is_overridden, positional_arity
+from .utilities import accepts, is_overridden, positional_arity
 
 #: positional arguments the trainer passes to each module hook (classic form)
 MODULE_HOOK_ARGS = {'on_batch_start': ('batch',), 'on_before_zero_grad': ('optimizer',)}
@@ -35,15 +35,15 @@ def adapt_module_hook(module, name):
         return None
     fn = getattr(module, name)
     expected = MODULE_HOOK_ARGS.get(name, ())
-    arity = positional_arity(fn)
-    if arity is None or arity == len(expected):
+    if accepts(fn, len(expected)):
         return fn
-    if arity == 0:
+    if accepts(fn, 0):
         return _drop_args(fn)
+    required, _ = positional_arity(fn)
     wanted = ', '.join(('self',) + expected)
     raise MisconfigurationException(
-        f"{type(module).__name__}.{name} takes {arity} positional argument(s) besides self, "
-        f"but the trainer passes {len(expected)}. Define it as `def {name}({wanted})`"
+        f"{type(module).__name__}.{name} requires {required} positional argument(s) besides "
+        f"self, but the trainer passes {len(expected)}. Define it as `def {name}({wanted})`"
         + (f" or `def {name}(self)`." if expected else "."))
 
 
@@ -53,28 +53,24 @@ def adapt_step(module, name, nb_optimizers=1):
     fn = getattr(module, name, None)
     if fn is None:
         return None
-    arity = positional_arity(fn)
-    allowed = STEP_ARGS[name]
-    if arity is None or arity >= 3:
-        return fn if name == 'training_step' else (lambda b, i, o=0: fn(b, i))
-    if arity == 2:
-        if nb_optimizers > 1 and name == 'training_step':
-            raise MisconfigurationException(
-                f"configure_optimizers returned {nb_optimizers} optimizers, but "
-                f"training_step takes (data_batch, batch_nb) only. Add a third argument: "
-                f"`def training_step(self, data_batch, batch_nb, optimizer_i)` and return the "
-                f"loss for optimizer number optimizer_i.")
+    if name == 'training_step' and nb_optimizers > 1:
+        if accepts(fn, 3):
+            return fn
+        raise MisconfigurationException(
+            f"configure_optimizers returned {nb_optimizers} optimizers, but training_step "
+            f"cannot take a third argument. Define `def training_step(self, data_batch, "
+            f"batch_nb, optimizer_i)` and return the loss for optimizer number optimizer_i.")
+    if accepts(fn, 2):
         return lambda b, i, o=0: fn(b, i)
-    if arity == 1:
-        if nb_optimizers > 1 and name == 'training_step':
-            raise MisconfigurationException(
-                f"configure_optimizers returned {nb_optimizers} optimizers, but training_step "
-                f"takes (data_batch) only. Use `def training_step(self, data_batch, batch_nb, "
-                f"optimizer_i)`.")
+    if accepts(fn, 1):
         return lambda b, i, o=0: fn(b)
+    if name == 'training_step' and accepts(fn, 3):
+        return fn
+    problem = ('takes no batch argument' if accepts(fn, 0) else
+               'requires more arguments than the trainer passes')
     raise MisconfigurationException(
-        f"{type(module).__name__}.{name} takes no batch argument. Define it as "
-        f"`def {name}(self, {', '.join(allowed)})` (trailing arguments optional).")
+        f"{type(module).__name__}.{name} {problem}. Define it as "
+        f"`def {name}(self, {', '.join(STEP_ARGS[name])})` (trailing arguments optional).")
 
 
 class HookDispatcher:

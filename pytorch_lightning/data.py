@@ -37,9 +37,10 @@ def get_loader(module, stage):
         if callable(loader) and not hasattr(loader, '__iter__'):
             loader = loader()
     if loader is None:
+        skip = '' if stage == 'train' else f", or remove {name} to skip this loop"
         raise MisconfigurationException(
             f"{name} returned None. Return a torch.utils.data.DataLoader "
-            f"(or any iterable of batches), or remove {name} to skip this loop.")
+            f"(or any iterable of batches) from {name}{skip}.")
     if not hasattr(loader, '__iter__'):
         raise MisconfigurationException(
             f"{name} returned {type(loader).__name__}, which is not iterable. "

@@ -15,7 +15,7 @@ from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
-from .data import generator_states, get_loader, limited_batches, make_resumable, restore_generator_states
+from .data import find_loader_attr, generator_states, get_loader, limited_batches, make_resumable, restore_generator_states
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
@@ -258,8 +258,9 @@ class Trainer:
                                                      'train_percent_check')
         if self.nb_training_batches == 0:
             raise MisconfigurationException(
-                "The training dataloader is empty (len 0). Check the dataset size and "
-                "batch_size (with drop_last=True a dataset smaller than one batch is empty).")
+                f"{find_loader_attr(model, 'train')} returned an empty loader (len 0). Check the "
+                f"dataset size and batch_size (with drop_last=True a dataset smaller than one "
+                f"batch is empty).")
         self._val_loader = get_loader(model, 'val')
         self._val_step = adapt_step(model, 'validation_step')
         self.nb_val_batches = 0
@@ -269,7 +270,7 @@ class Trainer:
         self._val_every = self._validation_interval()
         self.param_groups = [[p for g in opt.param_groups for p in g['params']]
                               for opt in self.optimizers]
-        self._checked_output = False
+        self._unchecked_outputs = len(self.optimizers)  # first batch: one per optimizer
 
     def _validation_interval(self):
         """Training batches between validation points (``None``: at epoch end only)."""
@@ -526,9 +527,9 @@ class Trainer:
             if multi:
                 frozen = self._freeze_other_params(opt_i)
             out = self._train_step(batch, batch_idx, opt_i)
-            if not self._checked_output:
+            if self._unchecked_outputs:
                 checks.check_training_output(out)
-                self._checked_output = True
+                self._unchecked_outputs -= 1
             kind = type(out)
             if kind is tuple or kind is list:
                 loss, prog = out
@@ -642,8 +643,8 @@ class Trainer:
                     fn()
             end_name = f'{kind}_end'
             metrics = getattr(module, end_name)(outputs)
-        checks.check_eval_end_output(end_name, metrics)
         module.train(was_training)
+        checks.check_eval_end_output(end_name, metrics)
         if testing:
             self._test_metrics = metrics
             hooks.call('on_test_end', metrics)

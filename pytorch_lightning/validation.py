@@ -4,6 +4,7 @@ Each failure raises ``MisconfigurationException`` naming the method or argument,
 received, and the fix. Nothing here runs per step except ``check_training_output`` (first
 batch only) and ``unsupported_output`` (only when a step returns something unusable).
 """
+import math
 import numbers
 import os
 
@@ -83,7 +84,7 @@ def check_trainer_args(args):
     else:
         _int('accumulate_grad_batches', acc, 1, ' Or pass a dict {epoch: factor}.')
     clip = args['gradient_clip']
-    if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or clip < 0:
+    if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not 0 <= clip < math.inf:
         _fail(f"Trainer(gradient_clip={clip!r}): expected a number >= 0, the largest total "
               f"gradient norm (0 disables clipping).")
     norm = args['track_grad_norm']
@@ -98,6 +99,12 @@ def check_trainer_args(args):
     cbs = args['callbacks']
     if cbs is not None and not isinstance(cbs, (list, tuple)):
         _fail(f"Trainer(callbacks={cbs!r}): expected a list of Callback instances.")
+    from .callbacks.base import Callback
+    for cb in cbs or ():
+        if not isinstance(cb, Callback):
+            _fail(f"Trainer(callbacks=[..., {type(cb).__name__}, ...]): every item must be a "
+                  f"pytorch_lightning.callbacks.Callback instance. Subclass Callback and "
+                  f"override the hooks you need.")
 
 
 # --------------------------------------------------------------------------- the module
@@ -164,7 +171,7 @@ def check_training_output(out):
                 _fail(f"training_step returned {{'{key}': {type(out[key]).__name__}}}; "
                       f"'{key}' must be a dict of metric name -> value.")
         loss = out['loss']
-    elif isinstance(out, torch.Tensor):
+    elif isinstance(out, (torch.Tensor, numbers.Number)):
         loss = out
     else:
         unsupported_output(out)

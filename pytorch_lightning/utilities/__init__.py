@@ -12,14 +12,22 @@ def is_overridden(obj, name, base):
 
 
 def positional_arity(fn):
-    """Number of positional parameters a bound callable accepts (``None`` for *args)."""
-    count = 0
+    """``(required, total)`` positional parameters a bound callable takes; ``total`` is
+    ``None`` when it takes ``*args``."""
+    required = total = 0
     for param in inspect.signature(fn).parameters.values():
         if param.kind == param.VAR_POSITIONAL:
-            return None
+            return required, None
         if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            count += 1
-    return count
+            total += 1
+            required += param.default is param.empty
+    return required, total
+
+
+def accepts(fn, count):
+    """Whether ``fn`` can be called with ``count`` positional arguments."""
+    required, total = positional_arity(fn)
+    return required <= count and (total is None or total >= count)
 
 
 def to_number(value):

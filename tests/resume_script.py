@@ -1,0 +1,96 @@
+"""Trains a small model that touches every source of nondeterminism the resume must restore
+(shuffling loader, dropout, numpy and python RNG, accumulation, LR scheduler, early stopping,
+mid-epoch validation). Run by tests/test_resume.py in a subprocess, which it may SIGKILL.
+
+usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save] [--resume PATH]
+"""
+import argparse
+import os
+import random
+import signal
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pytorch_lightning import RootModule, Trainer  # noqa: E402
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint  # noqa: E402
+
+
+class Noisy(RootModule):
+    def __init__(self, hparams):
+        super().__init__(hparams)
+        self.net = nn.Sequential(nn.Linear(32, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 2))
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(88, 32, generator=gen)
+        self.y = (self.x[:, 0] > 0).long()
+
+    def training_step(self, data_batch, batch_nb):
+        x, y = data_batch
+        if self.hparams.kill_in == 'step' and self.trainer.state.total_batches == self.hparams.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        x = x + float(np.random.randn()) * 0.01 + random.random() * 0.01
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        return {'loss': loss, 'prog': {'batch_loss': loss}}
+
+    def validation_step(self, data_batch, batch_nb):
+        x, y = data_batch
+        return nn.functional.cross_entropy(self.net(x), y), {}
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=0.02)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)]
+
+    @property
+    def tng_dataloader(self):  # 11 shuffled batches per epoch
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=8, shuffle=True)
+
+    @property
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(self.x[:24], self.y[:24]), batch_size=8)
+
+
+class KillDuringSave(ModelCheckpoint):
+    def on_save_point(self, trainer, module):
+        if trainer.state.total_batches == module.hparams.kill_at:
+            import pytorch_lightning.checkpoint_io as io
+            real = io.torch.save
+
+            def slow_save(obj, f, *args, **kwargs):
+                real(obj, f, *args, **kwargs)
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)  # dies after writing the temp file
+            io.torch.save = slow_save
+        super().on_save_point(trainer, module)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('save_dir')
+    parser.add_argument('out')
+    parser.add_argument('--kill-at', dest='kill_at', type=int, default=-1)
+    parser.add_argument('--kill-in', dest='kill_in', default='step')
+    parser.add_argument('--resume', default=None)
+    args = parser.parse_args()
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    model = Noisy(args)
+    ckpt_cls = KillDuringSave if args.kill_in == 'save' else ModelCheckpoint
+    trainer = Trainer(
+        default_save_path=args.save_dir, max_nb_epochs=4, accumulate_grad_batches=3,
+        val_check_interval=0.5, nb_sanity_val_steps=1, progress_bar=False,
+        print_weights_summary=False, add_log_row_interval=2, log_save_interval=5,
+        checkpoint_callback=ckpt_cls(os.path.join(args.save_dir, 'ckpt'), every_n_steps=1),
+        early_stop_callback=EarlyStopping(patience=2, min_delta=0.05),
+        resume_from_checkpoint=args.resume)
+    trainer.fit(model)
+    torch.save({'params': model.state_dict(), 'global_step': trainer.global_step,
+                'epoch': trainer.current_epoch, 'version': trainer.logger.version,
+                'es_wait': trainer.early_stop_callback.wait}, args.out)
+
+
+if __name__ == '__main__':
+    main()
