@@ -4,6 +4,7 @@ A checkpoint is the user's ``get_save_dict()`` content with one reserved key, ``
 holding what the trainer needs to resume exactly (built by the trainer from each part's
 ``state_dict()``; this module never looks inside callbacks).
 """
+import glob
 import os
 import pickle
 import random
@@ -13,7 +14,7 @@ import zipfile
 import numpy as np
 import torch
 
-from .exceptions import CheckpointError
+from .exceptions import CheckpointError  # noqa: F401  (re-exported for callers)
 from .utilities._version import __version__
 
 KEY = 'lightning'
@@ -34,6 +35,9 @@ def atomic_save(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        for stale in glob.glob(os.path.join(glob.escape(folder),
+                                            glob.escape('.' + os.path.basename(path)) + '.*.tmp')):
+            os.remove(stale)  # left by a process killed while saving
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -1,5 +1,7 @@
 """Glue between hyperparameters (argparse / test-tube) and plain dicts."""
 import argparse
+import ast
+import csv
 
 
 def hparams_to_dict(hparams):
@@ -28,3 +30,19 @@ def model_parser(model_cls, parent_parser=None):
         from test_tube import HyperOptArgumentParser  # lazy: test_tube is slow to import
         parent_parser = HyperOptArgumentParser(strategy='grid_search', add_help=False)
     return model_cls.add_model_specific_args(parent_parser)
+
+
+def _parse_tag(text):
+    if text in ('', 'nan', 'NaN'):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def read_tags_csv(path):
+    """Hyperparameters from test-tube's ``meta_tags.csv`` (``key,value`` rows) as a dict,
+    values parsed back into Python numbers, bools, None, lists where they look like them."""
+    with open(path, newline='') as f:
+        return {row['key']: _parse_tag(row['value']) for row in csv.DictReader(f)}

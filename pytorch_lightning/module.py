@@ -80,6 +80,48 @@ class RootModule(nn.Module):
         """Restore from the dict ``get_save_dict`` produced. Default: load ``state_dict``."""
         self.load_state_dict(checkpoint['state_dict'])
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path):
+        """Rebuild the model from a checkpoint on the CPU: construct it with the saved hparams
+        (as an ``argparse.Namespace``; ``cls(hparams)`` or ``cls()`` then ``.hparams = ...``),
+        then ``load_model_specific(checkpoint)``. Raises ``CheckpointError`` naming the file
+        when it is unreadable or does not fit this class."""
+        from . import checkpoint_io
+        from .hparams import dict_to_hparams
+        checkpoint = checkpoint_io.load(checkpoint_path)
+        saved = checkpoint[checkpoint_io.KEY].get('hparams')
+        model = cls._construct(dict_to_hparams(saved) if saved else None)
+        checkpoint_io.load_into_model(model, checkpoint, checkpoint_path)
+        return model
+
+    @classmethod
+    def load_from_metrics(cls, weights_path, tags_csv):
+        """Classic loading: hparams from test-tube's ``meta_tags.csv`` (values parsed back to
+        numbers/bools/None where they look like them), weights from ``weights_path`` (a
+        checkpoint, or a file holding ``{'state_dict': ...}``), on the CPU."""
+        import torch
+        from . import checkpoint_io
+        from .hparams import dict_to_hparams, read_tags_csv
+        model = cls._construct(dict_to_hparams(read_tags_csv(tags_csv)))
+        try:
+            checkpoint = checkpoint_io.load(weights_path)
+        except checkpoint_io.CheckpointError:
+            checkpoint = torch.load(weights_path, map_location='cpu', weights_only=False)
+            if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
+                raise
+            checkpoint = {**checkpoint, checkpoint_io.KEY: {}}
+        checkpoint_io.load_into_model(model, checkpoint, weights_path)
+        return model
+
+    @classmethod
+    def _construct(cls, hparams):
+        from .utilities import accepts
+        if hparams is not None and accepts(cls.__init__, 2):  # (self, hparams)
+            return cls(hparams)
+        model = cls()
+        model.hparams = hparams
+        return model
+
     # ------------------------------------------------------------------ arguments
     @staticmethod
     def add_model_specific_args(parent_parser):

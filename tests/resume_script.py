@@ -2,7 +2,7 @@
 (shuffling loader, dropout, numpy and python RNG, accumulation, LR scheduler, early stopping,
 mid-epoch validation). Run by tests/test_resume.py in a subprocess, which it may SIGKILL.
 
-usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save] [--resume PATH]
+usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save|usr1] [--resume PATH]
 """
 import argparse
 import os
@@ -30,8 +30,11 @@ class Noisy(RootModule):
 
     def training_step(self, data_batch, batch_nb):
         x, y = data_batch
-        if self.hparams.kill_in == 'step' and self.trainer.state.total_batches == self.hparams.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.trainer.state.total_batches == self.hparams.kill_at:
+            if self.hparams.kill_in == 'step':
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif self.hparams.kill_in == 'usr1':  # what SLURM sends before the time limit
+                os.kill(os.getpid(), signal.SIGUSR1)
         x = x + float(np.random.randn()) * 0.01 + random.random() * 0.01
         loss = nn.functional.cross_entropy(self.net(x), y)
         return {'loss': loss, 'prog': {'batch_loss': loss}}
