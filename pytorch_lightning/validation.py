@@ -100,6 +100,19 @@ def check_trainer_args(args):
     if cbs is not None and not isinstance(cbs, (list, tuple)):
         _fail(f"Trainer(callbacks={cbs!r}): expected a list of Callback instances.")
     from .callbacks.base import Callback
+    from .callbacks.early_stopping import EarlyStopping
+    from .callbacks.model_checkpoint import ModelCheckpoint
+    for name, cls in (('checkpoint_callback', ModelCheckpoint), ('early_stop_callback', EarlyStopping)):
+        value = args[name]
+        if not (value is None or value is False or isinstance(value, cls)):
+            _fail(f"Trainer({name}={value!r}): expected None (the default {cls.__name__}), "
+                  f"False (none) or a {cls.__name__}(...) instance.")
+    resume = args['resume_from_checkpoint']
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        _fail(f"Trainer(resume_from_checkpoint={resume!r}): expected the path of a .ckpt file.")
+    if resume is not None and not os.path.isfile(resume):
+        _fail(f"Trainer(resume_from_checkpoint={os.fspath(resume)!r}): no such file. Pass the "
+              f"path of a checkpoint, e.g. <experiment folder>/checkpoints/last.ckpt.")
     for cb in cbs or ():
         if not isinstance(cb, Callback):
             _fail(f"Trainer(callbacks=[..., {type(cb).__name__}, ...]): every item must be a "

@@ -552,3 +552,16 @@ def test_non_finite_loss_names_the_optimizer(quiet):
     with pytest.raises(NonFiniteLossError) as excinfo:
         Trainer(**quiet()).fit(model)
     assert_message(excinfo, 'NaN loss at epoch 0, batch 1, optimizer 1')
+
+
+@pytest.mark.parametrize('kwargs, parts', [
+    (dict(checkpoint_callback='yes'), ["Trainer(checkpoint_callback='yes')", 'ModelCheckpoint(...) instance']),
+    (dict(early_stop_callback=3), ['Trainer(early_stop_callback=3)', 'EarlyStopping(...) instance']),
+    (dict(resume_from_checkpoint=5), ['Trainer(resume_from_checkpoint=5)', 'path of a .ckpt file']),
+    (dict(resume_from_checkpoint='/nowhere/last.ckpt'),
+     ["Trainer(resume_from_checkpoint='/nowhere/last.ckpt')", 'no such file', 'last.ckpt']),
+])
+def test_checkpoint_arguments(quiet, kwargs, parts):
+    with pytest.raises(MisconfigurationException) as excinfo:
+        Trainer(**quiet(**kwargs))
+    assert_message(excinfo, *parts)
