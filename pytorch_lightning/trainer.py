@@ -39,7 +39,7 @@ class Trainer:
         fit(model):
             check arguments and the module's contract         # MisconfigurationException
             configure_optimizers(); read the dataloaders once
-            callbacks.on_fit_start; model.summarize() if print_weights_summary
+            model.summarize() if print_weights_summary; callbacks.on_fit_start
             if val data and nb_sanity_val_steps:              # sanity check, metrics discarded
                 on_sanity_check_start
                 on_pre_performance_check; eval mode, no_grad
@@ -188,14 +188,14 @@ class Trainer:
     @property
     def callback_metrics(self):
         """The latest training step's dicts and loss, validation and test metrics (tensors
-        stay tensors)."""
+        stay tensors, detached from autograd; computed on access)."""
         metrics = dict(self.last_log)
         metrics.update(self.last_prog)
         if self.last_loss is not None:
             metrics['loss'] = self.last_loss
         metrics.update(self.val_metrics)
         metrics.update(self._test_metrics)
-        return metrics
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
 
     def hparams_dict(self):
         return hparams_to_dict(getattr(self.module, 'hparams', None))
@@ -312,9 +312,9 @@ class Trainer:
         hooks = self._hooks
         self._preemption = self._install_preemption()
         try:
-            hooks.call('on_fit_start')
             if self.print_weights_summary:
                 model.summarize()
+            hooks.call('on_fit_start')
             self._sanity_check()
             self._train()
             self.state.stage = 'idle'

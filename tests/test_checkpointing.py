@@ -70,7 +70,8 @@ def test_default_callbacks_turn_off_with_a_notice_when_val_loss_is_absent(quiet,
     trainer.fit(Scripted([0.5, 0.6], key='total_acc'))
     out = capsys.readouterr().out
     assert "EarlyStopping: validation_end returned no 'val_loss'" in out
-    assert "this default ModelCheckpoint is off" in out
+    assert "the default ModelCheckpoint keeps no best checkpoint (last.ckpt is still written)" in out
+    assert "Pass checkpoint_callback=ModelCheckpoint(monitor=...)" in out
     assert trainer.current_epoch == 1
     # the default checkpoint still keeps last.ckpt for resuming
     assert ckpt_files(trainer.checkpoint_callback.filepath) == ['last.ckpt']

@@ -13,12 +13,13 @@ class Monitor:
     notice that disables the owner; otherwise it is a ``MisconfigurationException``.
     """
 
-    def __init__(self, owner, key, mode, min_delta=0.0):
+    def __init__(self, owner, key, mode, min_delta=0.0, trainer_arg='', off_notice='is off'):
         if mode not in ('auto', 'min', 'max'):
             raise MisconfigurationException(
                 f"{owner}(mode={mode!r}): use 'min' (lower is better), 'max' (higher is better) "
                 f"or 'auto' (max for names containing 'acc', min otherwise).")
         self.owner, self.key, self.min_delta = owner, key, abs(min_delta)
+        self.trainer_arg, self.off_notice = trainer_arg, off_notice
         self.mode = mode
         self.required = True
         self.disabled = False
@@ -43,8 +44,8 @@ class Monitor:
                     f"{self.key!r}; available keys: {available}. Return it from validation_end "
                     f"or pass monitor= one of those keys.")
             self.disabled = True
-            print(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}); "
-                  f"this default {self.owner} is off. Pass {self.owner.lower()}_callback="
+            print(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}), so "
+                  f"the default {self.owner} {self.off_notice}. Pass {self.trainer_arg}="
                   f"{self.owner}(monitor=...) to the Trainer to use another metric.")
             return None
         self.resolve_mode()

@@ -9,7 +9,8 @@ class EarlyStopping(Callback):
     ``trainer.state.should_stop`` (the trainer still runs ``min_nb_epochs`` epochs)."""
 
     def __init__(self, monitor='val_loss', min_delta=0.0, patience=3, mode='auto'):
-        self.monitor = Monitor('EarlyStopping', monitor, mode, min_delta)
+        self.monitor = Monitor('EarlyStopping', monitor, mode, min_delta,
+                               trainer_arg='early_stop_callback', off_notice='is off')
         self.patience = patience
         self.best = None
         self.wait = 0

@@ -38,7 +38,8 @@ class ModelCheckpoint(Callback):
             raise MisconfigurationException(
                 f"ModelCheckpoint(every_n_steps={every_n_steps!r}): expected None or an int >= 1.")
         self.filepath = None if filepath is None else os.fspath(filepath)
-        self.monitor = Monitor('ModelCheckpoint', monitor, mode)
+        self.monitor = Monitor('ModelCheckpoint', monitor, mode, trainer_arg='checkpoint_callback',
+                               off_notice='keeps no best checkpoint (last.ckpt is still written)')
         self.save_best_only, self.period, self.prefix = save_best_only, period, prefix
         self.save_last, self.every_n_steps = save_last, every_n_steps
         self.best = None
@@ -47,13 +48,10 @@ class ModelCheckpoint(Callback):
         self._want_last = False
         self._last_step_saved = 0
 
-    @property
-    def last_path(self):
-        return os.path.join(self.filepath, f'{self.prefix}last.ckpt')
-
-    def on_fit_start(self, trainer, module):
-        if self.filepath is None:
+    def _folder(self, trainer):
+        if self.filepath is None:  # resolved at the first save: fit start never waits for it
             self.filepath = trainer.default_checkpoint_dir()
+        return self.filepath
 
     def on_validation_end(self, trainer, module, metrics):
         if (trainer.state.epoch + 1) % self.period:
@@ -78,13 +76,13 @@ class ModelCheckpoint(Callback):
         if self._want_last and self.save_last:
             self._want_last = False
             self._last_step_saved = step
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(os.path.join(self._folder(trainer), f'{self.prefix}last.ckpt'))
 
     def _save_best(self, trainer, value):
         state = trainer.state
         shown = 'nan' if math.isnan(value) else f'{value:.4f}'
         name = f'{self.prefix}epoch={state.epoch}-step={state.global_step}-{self.monitor.key}={shown}.ckpt'
-        path = os.path.join(self.filepath, name)
+        path = os.path.join(self._folder(trainer), name)
         previous = self.best_path
         if self.monitor.improved(value, self.best):
             self.best, self.best_path = value, path
