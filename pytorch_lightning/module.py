@@ -199,12 +199,13 @@ class RootModule(nn.Module):
         if norm_type <= 0:
             raise MisconfigurationException(
                 f"grad_norm: norm_type must be > 0, got {norm_type}. Use 2 for the L2 norm.")
-        norms, total = {}, 0.0
+        norms, per_param = {}, []
         for name, param in self.named_parameters():
             if param.grad is None:
                 continue
-            value = param.grad.detach().norm(norm_type).item()
-            norms[f'grad_{norm_type:g}_norm_{name}'] = round(value, 4)
-            total += value ** norm_type
-        norms[f'grad_{norm_type:g}_norm_total'] = round(total ** (1.0 / norm_type), 4)
+            value = torch.linalg.vector_norm(param.grad.detach(), norm_type)
+            per_param.append(value)
+            norms[f'grad_{norm_type:g}_norm_{name}'] = round(value.item(), 4)
+        total = torch.linalg.vector_norm(torch.stack(per_param), norm_type).item() if per_param else 0.0
+        norms[f'grad_{norm_type:g}_norm_total'] = round(total, 4)
         return norms

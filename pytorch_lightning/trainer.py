@@ -3,8 +3,10 @@ import collections
 import glob
 import itertools
 import math
+import numbers
 import os
 import re
+import sys
 
 import torch
 
@@ -66,7 +68,7 @@ class Trainer:
                         on_post_performance_check
                     callbacks.on_save_point                   # checkpoints are written here
                     if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt, requeue, exit(0)
-                    if state.should_stop and epoch + 1 >= min_nb_epochs: end the epoch
+                    if state.should_stop and epoch >= min_nb_epochs: end the epoch
                 step an unfinished accumulation window
                 on_epoch_end
                 lr_schedulers.step()
@@ -95,7 +97,9 @@ class Trainer:
         checks.check_trainer_args(dict(locals()))
         self.default_save_path = os.fspath(default_save_path or os.getcwd())
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
-        self.val_check_interval = val_check_interval
+        if isinstance(val_check_interval, numbers.Integral):
+            val_check_interval = int(val_check_interval)  # numpy ints count batches too
+        self.val_check_interval = 1.0 if fast_dev_run else val_check_interval
         self.check_val_every_n_epoch = check_val_every_n_epoch
         if overfit_pct > 0:
             train_percent_check = val_percent_check = test_percent_check = overfit_pct
@@ -209,7 +213,7 @@ class Trainer:
             return experiment
         if experiment is None:  # under SLURM the version is the job id, so a requeue finds it
             job = slurm_job_id()
-            version = int(job.replace('_', '')) if job and job.replace('_', '').isdigit() else None
+            version = int(job) if job and job.isdigit() else None
             return TestTubeLogger(save_dir=self.default_save_path, name='lightning_logs',
                                   version=version)
         return TestTubeLogger(experiment=experiment)
@@ -250,6 +254,7 @@ class Trainer:
 
     def _setup_fit(self, model):
         checks.check_module(model)
+        model.train()
         self._attach(model)
         self.optimizers, self.lr_schedulers = normalize_optimizers(model.configure_optimizers())
         self._train_step = adapt_step(model, 'training_step', len(self.optimizers))
@@ -268,6 +273,12 @@ class Trainer:
             self.nb_val_batches = self._batch_limit(self._val_loader, self.val_percent_check,
                                                     'val_percent_check')
         self._val_every = self._validation_interval()
+        if self._val_loader is None and any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)
+                                            for s in self.lr_schedulers):
+            raise MisconfigurationException(
+                "configure_optimizers returned a ReduceLROnPlateau scheduler, which steps on "
+                "'val_loss', but the model has no validation. Add validation_step and "
+                "val_dataloader, or use a scheduler that does not need a metric.")
         self.param_groups = [[p for g in opt.param_groups for p in g['params']]
                               for opt in self.optimizers]
         self._unchecked_outputs = len(self.optimizers)  # first batch: one per optimizer
@@ -307,6 +318,7 @@ class Trainer:
         """Train ``model``; returns ``None``. Misconfiguration is reported before the
         first batch. Logs are saved even when training raises. Under SLURM, SIGUSR1 ends
         the process with exit code 0 after writing an HPC checkpoint and requeueing."""
+        self.state = TrainerState()  # each fit runs its epochs from the start (or the checkpoint)
         self._setup_fit(model)
         self._restore_if_asked()
         hooks = self._hooks
@@ -339,8 +351,12 @@ class Trainer:
                 try:
                     part.on_fit_end(self, self.module)
                 except Exception as close_err:
-                    err.add_note(f'(while closing after this error, {type(part).__name__} '
-                                 f'also failed: {close_err!r})')
+                    note = (f'(while closing after this error, {type(part).__name__} also '
+                            f'failed: {close_err!r})')
+                    if hasattr(err, 'add_note'):
+                        err.add_note(note)
+                    else:  # Python < 3.11
+                        print(note, file=sys.stderr)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path):
@@ -366,7 +382,8 @@ class Trainer:
 
     def _restore_if_asked(self):
         path = self.resume_from_checkpoint
-        if path is None and (self.logger is None or self.logger._version is not None):
+        if path is None and slurm_job_id() is not None and (
+                self.logger is None or self.logger._version is not None):
             hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
             path = hpc[-1] if hpc else None
         self._resume_position = None
@@ -416,22 +433,23 @@ class Trainer:
             checkpoint_io.restore_rng(resume[1])
             start, resume = start + 1, None
         for epoch in range(start, self.max_nb_epochs):
-            if resume is None:
-                state.should_stop = state.should_stop and epoch < self.min_nb_epochs
             state.epoch = epoch
             state.stage = 'train'
             self._epoch_done = False
             self._run_epoch(epoch, resume)
             resume = None
+            validated = self._val_loader is not None and (epoch + 1) % self.check_val_every_n_epoch == 0
             for scheduler in self.lr_schedulers:
-                self._step_scheduler(scheduler)
+                self._step_scheduler(scheduler, validated)
             self._epoch_done = True
             self._save_point()
             if state.should_stop and epoch + 1 >= self.min_nb_epochs:
                 break
 
-    def _step_scheduler(self, scheduler):
+    def _step_scheduler(self, scheduler, validated):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if not validated:  # it steps on this epoch's val_loss; none was computed
+                return
             if 'val_loss' not in self.val_metrics:
                 raise MisconfigurationException(
                     "ReduceLROnPlateau steps on 'val_loss', but validation_end returned "
@@ -457,7 +475,7 @@ class Trainer:
         done = position['batches_done']
         self._window = position['window']
         state = self.state
-        if state.should_stop and state.epoch + 1 >= self.min_nb_epochs:
+        if state.should_stop and state.epoch >= self.min_nb_epochs:
             checkpoint_io.restore_rng(rng_now)  # it stopped right at the save point
             return done, iter(())
         if self._resumable_sampler is not None:  # index work only
@@ -474,8 +492,9 @@ class Trainer:
         nb = self.nb_training_batches
         val_epoch = (epoch + 1) % self.check_val_every_n_epoch == 0
         val_every = self._val_every if val_epoch else 0
-        self.nb_batches_this_epoch = None if nb is None else nb + (
-            (nb // val_every) * self.nb_val_batches if val_every else 0)
+        nb_val = self.nb_val_batches
+        self.nb_batches_this_epoch = None if nb is None or (val_every and nb_val is None) else (
+            nb + ((nb // val_every) * nb_val if val_every else 0))
         hooks.call('on_epoch_start')
         acc = self._accumulation_for(epoch)
         to_device = self.placement.to_device if self.placement.transfers_batches else None
@@ -486,9 +505,9 @@ class Trainer:
         save_point = self._save_point
         min_epochs = self.min_nb_epochs
         first, batches = self._epoch_batches(resume)
+        if nb is not None:  # stop without loading a batch past the limit
+            batches = itertools.islice(batches, max(0, nb - first))
         for batch_idx, batch in enumerate(batches, first):
-            if nb is not None and batch_idx >= nb:
-                break
             state.batch_idx = batch_idx
             if to_device is not None:
                 batch = to_device(batch)
@@ -503,7 +522,7 @@ class Trainer:
             if val_every and (batch_idx + 1) % val_every == 0:
                 self._validate()
             save_point()
-            if state.should_stop and epoch + 1 >= min_epochs:
+            if state.should_stop and epoch >= min_epochs:  # min epochs already complete
                 break
         if state.accumulation_position:  # loader ran out (or stopped) mid-window
             self._step_optimizers(epoch, state.batch_idx)
@@ -521,44 +540,18 @@ class Trainer:
         completes = state.accumulation_position + 1 == window
         optimizers = self.optimizers
         multi = len(optimizers) > 1
-        after_backward = self._hooks.hooks['on_after_backward']
         merged_prog = {} if multi else None
         for opt_i, optimizer in enumerate(optimizers):
             if multi:
                 frozen = self._freeze_other_params(opt_i)
-            out = self._train_step(batch, batch_idx, opt_i)
-            if self._unchecked_outputs:
-                checks.check_training_output(out)
-                self._unchecked_outputs -= 1
-            kind = type(out)
-            if kind is tuple or kind is list:
-                loss, prog = out
-                log = prog
-            elif kind is dict:
-                loss = out['loss']
-                prog = out.get('prog', _EMPTY)
-                log = out.get('log', _EMPTY)
-            elif isinstance(out, torch.Tensor):
-                loss, prog, log = out, _EMPTY, _EMPTY
-            else:
-                checks.unsupported_output(out)
-            if self.placement.cheap_item:
-                value = loss.item()
-                if not math.isfinite(value):
-                    self._raise_nonfinite(value, f'at epoch {epoch}, batch {batch_idx}'
-                                          + (f', optimizer {opt_i}' if multi else ''))
-                self._recent_losses.append(value)
-            else:
-                self._recent_losses.append(loss.detach())
-            self.placement.backward(loss / window if window > 1 else loss)
-            for fn in after_backward:
-                fn()
-            if self.print_nan_grads:
-                self._print_nan_grads()
-            if multi:
-                for param in frozen:
-                    param.requires_grad_(True)
+                try:
+                    loss, prog, log = self._step_one(batch, batch_idx, epoch, opt_i, window)
+                finally:
+                    for param in frozen:
+                        param.requires_grad_(True)
                 merged_prog.update(prog)
+            else:
+                loss, prog, log = self._step_one(batch, batch_idx, epoch, opt_i, window)
             if completes:
                 self._optimizer_step(epoch, batch_idx, optimizer, opt_i)
         self.last_loss, self.last_prog, self.last_log = loss, (merged_prog if multi else prog), log
@@ -567,6 +560,39 @@ class Trainer:
             state.global_step += 1
         else:
             state.accumulation_position += 1
+
+    def _step_one(self, batch, batch_idx, epoch, opt_i, window):
+        """training_step for one optimizer, then backward; returns (loss, prog, log)."""
+        out = self._train_step(batch, batch_idx, opt_i)
+        if self._unchecked_outputs:
+            checks.check_training_output(out)
+            self._unchecked_outputs -= 1
+        kind = type(out)
+        if kind is tuple or kind is list or (kind is not dict and isinstance(out, (tuple, list))):
+            loss, prog = out
+            log = prog
+        elif isinstance(out, dict):
+            loss = out['loss']
+            prog = out.get('prog', _EMPTY)
+            log = out.get('log', _EMPTY)
+        elif isinstance(out, torch.Tensor):
+            loss, prog, log = out, _EMPTY, _EMPTY
+        else:
+            checks.unsupported_output(out)
+        if self.placement.cheap_item:
+            value = loss.item()
+            if not math.isfinite(value):
+                self._raise_nonfinite(value, f'at epoch {epoch}, batch {batch_idx}'
+                                      + (f', optimizer {opt_i}' if len(self.optimizers) > 1 else ''))
+            self._recent_losses.append(value)
+        else:
+            self._recent_losses.append(loss.detach())
+        self.placement.backward(loss / window if window > 1 else loss)
+        for fn in self._hooks.hooks['on_after_backward']:
+            fn()
+        if self.print_nan_grads:
+            self._print_nan_grads()
+        return loss, prog, log
 
     def _optimizer_step(self, epoch, batch_idx, optimizer, opt_i):
         if self.gradient_clip > 0:
@@ -599,9 +625,10 @@ class Trainer:
 
     def _raise_nonfinite(self, value, where):
         raise NonFiniteLossError(
-            f"training_step returned a {'NaN' if math.isnan(value) else 'infinite'} loss {where}. "
-            f"Lower the learning rate, set Trainer(gradient_clip=...), check the data for "
-            f"NaN/inf, or run with Trainer(print_nan_grads=True) to see which gradients blow up.")
+            f"training_step returned a {'NaN' if math.isnan(value) else 'infinite'} loss {where} "
+            f"(nothing was stepped with it). Lower the learning rate, set "
+            f"Trainer(gradient_clip=...), check the data for "
+            f"NaN/inf, or wrap fit in torch.autograd.detect_anomaly() to find the operation.")
 
     def _print_nan_grads(self):
         for name, param in self.module.named_parameters():
@@ -629,9 +656,8 @@ class Trainer:
         module.eval()
         outputs = []
         with torch.no_grad():
-            for batch_idx, batch in enumerate(loader):
-                if limit is not None and batch_idx >= limit:
-                    break
+            batches = loader if limit is None else itertools.islice(loader, limit)
+            for batch_idx, batch in enumerate(batches):
                 if to_device is not None:
                     batch = to_device(batch)
                 out = step(batch, batch_idx)

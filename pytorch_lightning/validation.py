@@ -64,7 +64,7 @@ def check_trainer_args(args):
             isinstance(vci, numbers.Integral) and vci < 1) or (
             not isinstance(vci, numbers.Integral) and not 0.0 < vci <= 1.0):
         _fail(f"Trainer(val_check_interval={vci!r}): use a float in (0.0, 1.0] (a fraction of "
-              f"the training epoch, e.g. 0.25 validates four times per epoch) or an int >= 1 "
+              f"the training epoch, e.g. 0.25 validates every quarter of an epoch) or an int >= 1 "
               f"(validate every N training batches).")
     _int('check_val_every_n_epoch', args['check_val_every_n_epoch'], 1)
     for name in ('train_percent_check', 'val_percent_check', 'test_percent_check'):

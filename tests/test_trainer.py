@@ -294,3 +294,148 @@ def test_unknown_length_loader_validates_at_epoch_end(quiet):
     trainer.fit(Streaming())
     assert counter.batches == 10 and counter.validations == 2
     assert trainer.global_step == 6  # windows 2, 2, 1 per epoch
+
+
+def test_reduce_on_plateau_only_steps_after_validated_epochs(quiet):
+    class Plateau(SGDModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return [opt], [self.sched]
+
+    model = Plateau()
+    Trainer(**quiet(max_nb_epochs=4, check_val_every_n_epoch=2)).fit(model)
+    assert model.sched.last_epoch == 2
+
+
+def test_reduce_on_plateau_without_validation_is_refused(quiet):
+    from pytorch_lightning import MisconfigurationException
+
+    class Plateau(TrainOnlyModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            return [opt], [torch.optim.lr_scheduler.ReduceLROnPlateau(opt)]
+
+    with pytest.raises(MisconfigurationException, match='ReduceLROnPlateau.*no validation'):
+        Trainer(**quiet()).fit(Plateau())
+
+
+def test_unsized_val_loader_with_sized_train_loader(quiet):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(make_loader(16, 8))
+
+    class StreamVal(TinyModel):
+        @property
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(Stream(), batch_size=None)
+
+    counter = Counting()
+    Trainer(**quiet(callbacks=[counter], nb_sanity_val_steps=0)).fit(StreamVal())
+    assert counter.validations == 1
+
+
+def test_step_output_subclasses_are_accepted(quiet):
+    import collections
+
+    class Ordered(TinyModel):
+        def training_step(self, data_batch, batch_nb):
+            loss, _ = super().training_step(data_batch, batch_nb)
+            return collections.OrderedDict(loss=loss, prog={'p': loss})
+
+    trainer = Trainer(**quiet())
+    trainer.fit(Ordered())
+    assert 'p' in trainer.last_prog
+
+
+def test_numpy_int_val_check_interval_counts_batches(quiet):
+    import numpy as np
+    counter = Counting()
+    Trainer(**quiet(val_check_interval=np.int64(2), callbacks=[counter],
+                    nb_sanity_val_steps=0)).fit(TinyModel(n=64))
+    assert counter.validations == 4
+
+
+def test_fast_dev_run_ignores_int_val_check_interval(quiet):
+    counter = Counting()
+    Trainer(**quiet(fast_dev_run=True, val_check_interval=5, callbacks=[counter])).fit(TinyModel())
+    assert counter.validations == 1
+
+
+def test_stop_requested_before_min_epochs_runs_them_fully(quiet):
+    class StopOnce(Callback):
+        def on_validation_end(self, trainer, module, metrics):
+            if trainer.current_epoch == 0:
+                trainer.state.should_stop = True
+
+    counter = Counting()
+    Trainer(**quiet(max_nb_epochs=10, min_nb_epochs=3, nb_sanity_val_steps=0,
+                    callbacks=[StopOnce(), counter])).fit(TinyModel(n=64))
+    assert counter.epochs == 3 and counter.batches == 24
+
+
+def test_fit_twice_runs_the_epochs_again(quiet):
+    counter = Counting()
+    trainer = Trainer(**quiet(max_nb_epochs=2, nb_sanity_val_steps=0, callbacks=[counter]))
+    model = TinyModel(n=32)
+    trainer.fit(model)
+    trainer.fit(model)
+    assert counter.epochs == 4 and trainer.global_step == 8 and trainer.current_epoch == 1
+
+
+def test_error_with_several_optimizers_restores_requires_grad(quiet):
+    class Fails(RootModule):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 2), nn.Linear(32, 2)
+
+        def training_step(self, data_batch, batch_nb, optimizer_i):
+            if optimizer_i == 1:
+                raise ValueError('boom')
+            x, y = data_batch
+            return nn.functional.cross_entropy(self.a(x) + self.b(x), y)
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.a.parameters(), lr=0.1),
+                    torch.optim.SGD(self.b.parameters(), lr=0.1)]
+
+        def train_dataloader(self):
+            return make_loader(16, 8)
+
+    model = Fails()
+    with pytest.raises(ValueError, match='boom'):
+        Trainer(**quiet()).fit(model)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_fit_switches_model_to_train_mode(quiet):
+    modes = []
+
+    class Mode(TrainOnlyModel):
+        def training_step(self, data_batch):
+            modes.append(self.training)
+            return super().training_step(data_batch)
+
+    model = Mode()
+    model.eval()
+    Trainer(**quiet()).fit(model)
+    assert modes and all(modes)
+
+
+def test_percent_limit_loads_no_extra_batch(quiet):
+    loaded = []
+
+    class Counted(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            loaded.append(i)
+            return torch.zeros(32), 0
+
+    class Limited(TrainOnlyModel):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(Counted(), batch_size=8)
+
+    Trainer(**quiet(train_percent_check=0.5)).fit(Limited())
+    assert len(loaded) == 32

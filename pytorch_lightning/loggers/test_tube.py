@@ -219,13 +219,15 @@ class TestTubeLogger:
         Logging again afterwards re-opens the same version."""
         if self._service is None:
             return
-        self._await_open()
-        service, key = self._service, self._key
-        self._service = None
         exp = self.user_experiment
-        if exp is not None:
+        if exp is not None:  # undo the routing first, whatever happens next
             for attr in ('log', 'tag', 'save'):
                 exp.__dict__.pop(attr, None)
+        service, key = self._service, self._key
+        self._service = None
+        if not self._open_acknowledged:
+            self._open_acknowledged = True
+            self._version = service.await_reply('opened', key)
         service.send(('close', key))
         state = service.await_reply('closed', key)
         if exp is not None and state is not None:

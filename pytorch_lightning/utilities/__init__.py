@@ -31,8 +31,8 @@ def accepts(fn, count):
 
 
 def to_number(value):
-    """A tensor or number as a Python number; other values unchanged. This is the only
-    place a metric crosses from the device to the host."""
+    """A tensor or number as a Python number; other values unchanged. Metrics cross from
+    the device to the host here, when the progress bar redraws or a log row is written."""
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
     if hasattr(value, 'item') and getattr(value, 'size', 2) == 1:  # numpy scalars

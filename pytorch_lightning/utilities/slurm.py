@@ -6,10 +6,7 @@ import threading
 
 
 def slurm_job_id():
-    """The SLURM job id (array jobs: ``<array job id>_<task id>``), or ``None`` outside SLURM."""
-    array_id = os.environ.get('SLURM_ARRAY_JOB_ID')
-    if array_id is not None and 'SLURM_ARRAY_TASK_ID' in os.environ:
-        return f"{array_id}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    """``$SLURM_JOB_ID`` (unique per array task too), or ``None`` outside SLURM."""
     return os.environ.get('SLURM_JOB_ID')
 
 
