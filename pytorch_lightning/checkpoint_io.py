@@ -4,11 +4,13 @@ A checkpoint is the user's ``get_save_dict()`` content with one reserved key, ``
 holding what the trainer needs to resume exactly (built by the trainer from each part's
 ``state_dict()``; this module never looks inside callbacks).
 """
+import atexit
 import glob
 import os
 import pickle
 import random
 import tempfile
+import threading
 import zipfile
 
 import numpy as np
@@ -21,32 +23,102 @@ KEY = 'lightning'
 
 
 # ------------------------------------------------------------------------------ writing
-def atomic_save(obj, path):
-    """``torch.save(obj)`` to a temporary file in the same folder, flush + fsync, then
-    rename over ``path``. A crash at any moment leaves either the old file or the new one,
-    never a truncated file under ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+class _Finisher:
+    """Runs the durable tail of a save (fsync, rename, folder fsync) on a background thread,
+    one save at a time and in order. fsync and rename release the GIL, so training goes on
+    meanwhile. An error there is raised by the next ``atomic_save`` or ``wait_for_saves``."""
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def _run(self, job):
+        try:
+            job()
+        except BaseException as err:  # handed to the training thread, never dropped
+            self._error = err
+
+    def submit(self, job):
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), daemon=True,
+                                        name='checkpoint-finisher')
+        self._thread.start()
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise CheckpointError(f'a checkpoint could not be finished: {err!r}') from err
+
+
+_finisher = _Finisher()
+atexit.register(_finisher.wait)
+
+
+def wait_for_saves():
+    """Block until every background save is durable under its real name; raise
+    ``CheckpointError`` if one failed."""
+    _finisher.wait()
+
+
+def _pid_alive(pid):
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        for stale in glob.glob(os.path.join(glob.escape(folder),
-                                            glob.escape('.' + os.path.basename(path)) + '.*.tmp')):
-            os.remove(stale)  # left by a process killed while saving
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _finish(tmp, path, then):
+    folder = os.path.dirname(path)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    pattern = glob.escape('.' + os.path.basename(path)) + '.*.tmp'
+    for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
+        pid = stale[:-len('.tmp')].split('.')[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            os.remove(stale)  # left by a process killed while saving
+    if then is not None:
+        then()
+
+
+def atomic_save(obj, path, background=False, then=None):
+    """``torch.save(obj)`` to a temporary file in the same folder, fsync it, then rename it
+    over ``path``: a crash at any moment leaves either the old file or the new one, never a
+    truncated file under ``path``.
+
+    ``background=True``: only the write happens now; fsync and rename finish on a background
+    thread (``wait_for_saves`` waits for them). ``then``: called after the rename (e.g. to
+    delete a file this one replaces)."""
+    _finisher.wait()
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.{os.getpid()}.', suffix='.tmp',
+                               dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)  # the path form uses torch's native file writer (fastest)
+    except BaseException:
+        os.remove(tmp)
+        raise
+    if background:
+        _finisher.submit(lambda: _finish(tmp, path, then))
+    else:
+        _finish(tmp, path, then)
 
 
 # ------------------------------------------------------------------------------ reading

@@ -1,5 +1,6 @@
 """The training loop, and nothing else."""
 import collections
+import functools
 import glob
 import itertools
 import math
@@ -331,6 +332,7 @@ class Trainer:
             self._train()
             self.state.stage = 'idle'
             hooks.call('on_fit_end')
+            checkpoint_io.wait_for_saves()
         except _Preempted as stop:
             self._close_after_failure(stop)
             print(f'SLURM preemption: {stop}; exiting so the requeued job can resume.')
@@ -344,25 +346,29 @@ class Trainer:
                 self._preemption = None
 
     def _close_after_failure(self, err):
-        """Finish writing logs and close the bar; the original error still propagates."""
+        """Finish writing logs and checkpoints, close the bar; the original error still
+        propagates."""
         self.state.stage = 'idle'
-        for part in self._active_callbacks:
-            if isinstance(part, (ProgressBar, MetricsLogging)):
-                try:
-                    part.on_fit_end(self, self.module)
-                except Exception as close_err:
-                    note = (f'(while closing after this error, {type(part).__name__} also '
-                            f'failed: {close_err!r})')
-                    if hasattr(err, 'add_note'):
-                        err.add_note(note)
-                    else:  # Python < 3.11
-                        print(note, file=sys.stderr)
+        closers = [(type(p).__name__, functools.partial(p.on_fit_end, self, self.module))
+                   for p in self._active_callbacks if isinstance(p, (ProgressBar, MetricsLogging))]
+        for name, close in closers + [('checkpoint saving', checkpoint_io.wait_for_saves)]:
+            try:
+                close()
+            except Exception as close_err:
+                note = f'(while closing after this error, {name} also failed: {close_err!r})'
+                if hasattr(err, 'add_note'):
+                    err.add_note(note)
+                else:  # Python < 3.11
+                    print(note, file=sys.stderr)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path):
+    def save_checkpoint(self, path, then=None, background=True):
         """Write a checkpoint of the whole run to ``path`` (atomically). Meant for save
-        points (``Callback.on_save_point``), where resuming from it is exact."""
-        checkpoint_io.atomic_save(checkpoint_io.dump(self, self._position()), path)
+        points (``Callback.on_save_point``), where resuming from it is exact. The file is
+        written now; with ``background`` its fsync and rename finish on another thread
+        (``fit`` waits for them before it returns). ``then`` runs after the rename."""
+        checkpoint_io.atomic_save(checkpoint_io.dump(self, self._position()), path,
+                                  background=background, then=then)
 
     def _position(self):
         state = self.state
@@ -408,7 +414,7 @@ class Trainer:
             existing = self._hpc_checkpoints()
             number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
             path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
-            self.save_checkpoint(path)
+            self.save_checkpoint(path, background=False)  # durable before the requeue
             job = slurm_job_id()
             requeue(job)
             raise _Preempted(f'saved {path} and requeued job {job}')
@@ -481,6 +487,9 @@ class Trainer:
         if self._resumable_sampler is not None:  # index work only
             self._resumable_sampler.skip(done, lambda: checkpoint_io.restore_rng(rng_now))
             return done, iter(loader)
+        print(f'resuming mid-epoch: the training loader is a {type(loader).__name__}, which '
+              f'cannot be rebuilt for index-only skipping, so its first {done} batches are '
+              f'loaded again and dropped (use a plain torch.utils.data.DataLoader to avoid this).')
         batches = iter(loader)  # a loader we cannot rebuild: replay its batches
         for _ in itertools.islice(batches, done):
             pass

@@ -106,6 +106,7 @@ def test_every_n_steps_refreshes_last_mid_epoch(quiet, tmp_path):
 
     class Watch(Callback):
         def on_save_point(self, trainer, module):
+            checkpoint_io.wait_for_saves()  # saves finish on a background thread
             path = tmp_path / 'c' / 'last.ckpt'
             if path.exists():
                 steps.append(checkpoint_io.load(path)['lightning']['trainer_state']['global_step'])

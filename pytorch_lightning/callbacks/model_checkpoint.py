@@ -86,10 +86,12 @@ class ModelCheckpoint(Callback):
         previous = self.best_path
         if self.monitor.improved(value, self.best):
             self.best, self.best_path = value, path
-        trainer.save_checkpoint(path)  # holds the updated best, so a resume knows it
-        if (self.save_best_only and self.best_path == path and previous and previous != path
-                and os.path.exists(previous)):
-            os.remove(previous)
+        drop = None
+        if self.save_best_only and self.best_path == path and previous and previous != path:
+            def drop():  # only once the new best is safely in place
+                if os.path.exists(previous):
+                    os.remove(previous)
+        trainer.save_checkpoint(path, then=drop)  # holds the updated best, so a resume knows it
 
     def state_dict(self):
         return {'best': self.best, 'best_path': self.best_path, 'mode': self.monitor.mode,
