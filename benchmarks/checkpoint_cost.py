@@ -16,7 +16,10 @@ checkpoint_callback=False, early_stop_callback=False, max_nb_epochs=1)`` on a ti
 dataset (3 batches). At the save point after batch 2 (two Adam steps taken, mid-epoch: exactly
 where ``ModelCheckpoint(every_n_steps=...)`` writes ``last.ckpt``) a Callback times, per round:
 
-  (a) ``trainer.save_checkpoint(path)``                        what ModelCheckpoint calls
+  (a) ``trainer.save_checkpoint(path)``                        what ModelCheckpoint calls:
+      the time the training thread is blocked (build + write the temp file; its fsync and
+      rename then finish on a background thread, waited for before the next save)
+  (f) (a) followed by ``checkpoint_io.wait_for_saves()``       durable under its real name
   (b) ``torch.save({'state_dict': model.state_dict(), 'optimizer': opt.state_dict()}, path)``
       into the same folder (bare: no fsync)
   (c) the same bare dict, ``torch.save`` into an open file + ``flush`` + ``os.fsync``
@@ -125,6 +128,7 @@ class MLP(pl.RootModule):
 
 
 def _sync_then(fn):
+    checkpoint_io.wait_for_saves()  # no background finish of an earlier save overlaps
     os.sync()
     start = time.perf_counter()
     fn()
@@ -212,6 +216,8 @@ class SaveTimer(Callback):
         built = checkpoint_io.dump(trainer, trainer._position())
         variants = {
             'a': lambda: _sync_then(lambda: trainer.save_checkpoint(path('ckpt.ckpt'))),
+            'f': lambda: _sync_then(lambda: (trainer.save_checkpoint(path('ckpt_durable.ckpt')),
+                                             checkpoint_io.wait_for_saves())),
             'b': lambda: _sync_then(lambda: torch.save(bare(), path('bare.pt'))),
             'c': lambda: _sync_then(lambda: _fsync_save(bare(), path('bare_fsync.pt'))),
             'd': lambda: _sync_then(lambda: checkpoint_io.dump(trainer, trainer._position())),
@@ -255,6 +261,7 @@ class SaveTimer(Callback):
 
 SAVE_LABELS = {
     'a': '(a) trainer.save_checkpoint',
+    'f': '(f)   (a) + wait until durable',
     'b': '(b) bare torch.save(path), no fsync',
     'c': '(c) bare torch.save(file)+flush+fsync',
     'd': '(d)   dump() only (build dict)',
