@@ -93,9 +93,12 @@ class ResumableBatchSampler:
         return len(self.batch_sampler)
 
     def __iter__(self):
-        inner = iter(self.batch_sampler)
-        count, then = self._skip, self._then
+        count, then = self._skip, self._then  # taken now: one skip serves one iterator
         self._skip, self._then = 0, None
+        return self._batches(count, then)
+
+    def _batches(self, count, then):
+        inner = iter(self.batch_sampler)
         for _ in range(count):
             next(inner, None)
         if then is not None:

@@ -372,11 +372,17 @@ class Trainer:
 
     def _position(self):
         state = self.state
+        now = generator_states(self._train_loader)  # a loader's own shuffling generator
         if self._epoch_done:
-            return {'epoch_complete': True}
+            return {'epoch_complete': True, 'generators_now': now}
         return {'epoch_complete': False, 'batches_done': state.batch_idx + 1,
                 'window': self._window, 'epoch_start_rng': self._epoch_start_rng,
-                'epoch_start_generators': self._epoch_start_generators}
+                'epoch_start_generators': self._epoch_start_generators, 'generators_now': now}
+
+    def _restore_now(self, position, rng):
+        """Random state as it was at the save point (global RNGs and loader generators)."""
+        checkpoint_io.restore_rng(rng)
+        restore_generator_states(self._train_loader, position['generators_now'])
 
     def _hpc_checkpoints(self):
         found = []
@@ -436,7 +442,7 @@ class Trainer:
         start, resume = state.epoch, self._resume_position
         self._resume_position = None
         if resume is not None and resume[0]['epoch_complete']:
-            checkpoint_io.restore_rng(resume[1])
+            self._restore_now(*resume)
             start, resume = start + 1, None
         for epoch in range(start, self.max_nb_epochs):
             state.epoch = epoch
@@ -473,7 +479,7 @@ class Trainer:
             self._epoch_start_rng = checkpoint_io.capture_rng()
             self._epoch_start_generators = generator_states(loader)
             return 0, iter(loader)
-        position, rng_now = resume
+        position = resume[0]
         self._epoch_start_rng = position['epoch_start_rng']
         self._epoch_start_generators = position['epoch_start_generators']
         checkpoint_io.restore_rng(self._epoch_start_rng)
@@ -481,11 +487,12 @@ class Trainer:
         done = position['batches_done']
         self._window = position['window']
         state = self.state
-        if state.should_stop and state.epoch >= self.min_nb_epochs:
-            checkpoint_io.restore_rng(rng_now)  # it stopped right at the save point
+        nb = self.nb_training_batches
+        if (state.should_stop and state.epoch >= self.min_nb_epochs) or (nb is not None and done >= nb):
+            self._restore_now(*resume)  # saved after the epoch's last batch was run
             return done, iter(())
         if self._resumable_sampler is not None:  # index work only
-            self._resumable_sampler.skip(done, lambda: checkpoint_io.restore_rng(rng_now))
+            self._resumable_sampler.skip(done, lambda: self._restore_now(*resume))
             return done, iter(loader)
         print(f'resuming mid-epoch: the training loader is a {type(loader).__name__}, which '
               f'cannot be rebuilt for index-only skipping, so its first {done} batches are '
@@ -493,7 +500,7 @@ class Trainer:
         batches = iter(loader)  # a loader we cannot rebuild: replay its batches
         for _ in itertools.islice(batches, done):
             pass
-        checkpoint_io.restore_rng(rng_now)
+        self._restore_now(*resume)
         return done, batches
 
     def _run_epoch(self, epoch, resume=None):

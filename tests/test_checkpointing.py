@@ -143,7 +143,7 @@ def test_checkpoint_contents(quiet, tmp_path):
     meta = ckpt['lightning']
     assert set(ckpt) == {'state_dict', 'lightning'}
     assert meta['hparams'] == {'lr': 0.05, 'name': 'tiny'}
-    assert meta['trainer_state']['epoch'] == 0 and meta['position'] == {'epoch_complete': True}
+    assert meta['trainer_state']['epoch'] == 0 and meta['position']['epoch_complete'] is True
     assert {'python', 'numpy', 'torch'} <= set(meta['rng'])
     assert len(meta['optimizers']) == 1 and meta['optimizers'][0]['state']
     assert {'ModelCheckpoint', 'EarlyStopping'} <= set(meta['callbacks'])
@@ -275,3 +275,32 @@ def test_load_from_metrics_reads_test_tube_tags(tmp_path):
                                          folder / 'meta_tags.csv')
     assert vars(loaded.hparams) == {'lr': 0.01, 'depth': 3, 'use_bn': True, 'name': 'x'}
     assert torch.equal(loaded.layer.weight, model.layer.weight)
+
+
+def test_resume_from_save_point_after_last_batch_of_epoch(quiet, tmp_path):
+    """A checkpoint written after an epoch's last batch but before the epoch ended (the
+    position the SIGKILL test hit when a background save had not finished yet)."""
+    class Shuffled(TinyModel):
+        @property
+        def tng_dataloader(self):
+            return make_loader(48, 8, shuffle=True)
+
+    class SaveAtLastBatch(Callback):
+        def on_save_point(self, trainer, module):
+            if trainer.current_epoch == 0 and trainer.state.batch_idx == 5 and not trainer._epoch_done:
+                trainer.save_checkpoint(tmp_path / 'end_of_batches.ckpt')
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = Shuffled(n=48)
+        Trainer(**quiet(max_nb_epochs=3, early_stop_callback=False, checkpoint_callback=False,
+                        **kw)).fit(model)
+        return model
+
+    full = run(callbacks=[SaveAtLastBatch()])
+    checkpoint_io.wait_for_saves()
+    position = checkpoint_io.load(tmp_path / 'end_of_batches.ckpt')['lightning']['position']
+    assert position['batches_done'] == 6 and not position['epoch_complete']
+    resumed = run(resume_from_checkpoint=tmp_path / 'end_of_batches.ckpt')
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
