@@ -417,13 +417,17 @@ class Trainer:
         for fn in self._hooks.hooks['on_save_point']:
             fn()
         if self._preemption is not None and self._preemption.requested:
-            existing = self._hpc_checkpoints()
-            number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
-            path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
-            self.save_checkpoint(path, background=False)  # durable before the requeue
-            job = slurm_job_id()
-            requeue(job)
-            raise _Preempted(f'saved {path} and requeued job {job}')
+            self._preempt()
+
+    def _preempt(self):
+        """SIGUSR1 under SLURM: durable HPC checkpoint, requeue, then leave ``fit``."""
+        existing = self._hpc_checkpoints()
+        number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
+        path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
+        self.save_checkpoint(path, background=False)  # durable before the requeue
+        job = slurm_job_id()
+        requeue(job)
+        raise _Preempted(f'saved {path} and requeued job {job}')
 
     # ------------------------------------------------------------------ loop
     def _sanity_check(self):
@@ -518,7 +522,8 @@ class Trainer:
         callback_batch_start = hooks.hooks['on_batch_start']
         batch_end = hooks.hooks['on_batch_end']
         run_batch = self._run_training_batch
-        save_point = self._save_point
+        save_point_hooks = hooks.hooks['on_save_point']
+        preemption = self._preemption
         min_epochs = self.min_nb_epochs
         first, batches = self._epoch_batches(resume)
         if nb is not None:  # stop without loading a batch past the limit
@@ -537,7 +542,10 @@ class Trainer:
                 fn()
             if val_every and (batch_idx + 1) % val_every == 0:
                 self._validate()
-            save_point()
+            for fn in save_point_hooks:  # the save point (see _save_point), inlined
+                fn()
+            if preemption is not None and preemption.requested:
+                self._preempt()
             if state.should_stop and epoch >= min_epochs:  # min epochs already complete
                 break
         if state.accumulation_position:  # loader ran out (or stopped) mid-window

@@ -67,6 +67,8 @@ class ModelCheckpoint(Callback):
         self._want_last = self._want_last or self.save_last
 
     def on_save_point(self, trainer, module):
+        if self._want_best is None and not self._want_last and not self.every_n_steps:
+            return  # the common case, once per batch
         step = trainer.state.global_step
         if self.every_n_steps and step - self._last_step_saved >= self.every_n_steps:
             self._want_last = True

@@ -4,7 +4,7 @@
 Run as ``python -m pytorch_lightning.loggers._writer``. It reads pickled requests from stdin
 and writes pickled replies to its original stdout; anything printed goes to stderr.
 
-Requests: ('open', key, kwargs) ('log', key, row, step) ('tag', key, dict) ('save', key)
+Requests: ('open', key, kwargs) ('rows', key, [(row, step), ...]) ('tag', key, dict) ('save', key)
 ('truncate', key, nb_rows) ('flush', key) ('close', key) ('exit',). Replies (only to
 open/flush/close/exit): (kind, key, payload, error_text_or_None).
 """
@@ -113,9 +113,10 @@ class _Writer:
         """Carry out one request; False once the writer should exit."""
         kind, key = msg[0], (msg[1] if len(msg) > 1 else None)
         exp = self.experiments.get(key)
-        if kind == 'log':
+        if kind == 'rows':
             if exp is not None:
-                self.guarded(key, exp.log, msg[2], msg[3])
+                for row, step in msg[2]:
+                    self.guarded(key, exp.log, row, step)
         elif kind == 'save':
             if exp is not None:
                 self.save_merged(key)
