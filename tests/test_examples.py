@@ -97,3 +97,14 @@ def test_trainer_main_runs_as_a_script(tmp_path):
     log_dir = tmp_path / 'script_run' / 'version_0'  # --save_path defaults to the cwd
     assert read_csv(log_dir / 'metrics.csv')
     assert read_tags(log_dir / 'meta_tags.csv')['exp_name'] == 'script_run'
+
+
+def test_readme_example_runs_as_written(tmp_path, monkeypatch):
+    import re
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')
+    code = re.findall(r"```python\n(.*?)```", open(readme).read(), re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, 'README.md', 'exec'), namespace)
+    folder = tmp_path / 'lightning_logs' / 'version_0'
+    assert (folder / 'metrics.csv').exists() and (folder / 'checkpoints' / 'last.ckpt').exists()
