@@ -89,6 +89,8 @@ def test_save_best_only_keeps_one_best_and_last(quiet, tmp_path):
     Trainer(**quiet(max_nb_epochs=4, checkpoint_callback=ckpt, early_stop_callback=False)).fit(model)
     assert ckpt_files(tmp_path / 'c') == ['run-epoch=3-step=8-val_loss=0.4000.ckpt', 'run-last.ckpt']
     assert ckpt.best == pytest.approx(0.4)
+    # written at the same save point as last.ckpt: one write, the best file links to it
+    assert os.path.samefile(ckpt.best_path, tmp_path / 'c' / 'run-last.ckpt')
     best = checkpoint_io.load(ckpt.best_path)
     assert best['lightning']['callbacks']['ModelCheckpoint']['best'] == pytest.approx(0.4)
 
@@ -143,7 +145,8 @@ def test_checkpoint_contents(quiet, tmp_path):
     meta = ckpt['lightning']
     assert set(ckpt) == {'state_dict', 'lightning'}
     assert meta['hparams'] == {'lr': 0.05, 'name': 'tiny'}
-    assert meta['trainer_state']['epoch'] == 0 and meta['position']['epoch_complete'] is True
+    # written at the last batch's validation point (the epoch end adds no second save)
+    assert meta['trainer_state']['epoch'] == 0 and meta['position']['batches_done'] == 8
     assert {'python', 'numpy', 'torch'} <= set(meta['rng'])
     assert len(meta['optimizers']) == 1 and meta['optimizers'][0]['state']
     assert {'ModelCheckpoint', 'EarlyStopping'} <= set(meta['callbacks'])

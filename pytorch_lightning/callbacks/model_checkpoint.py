@@ -1,6 +1,7 @@
 """Checkpoints at validation points (best by a metric, and an always-current last.ckpt)."""
 import math
 import os
+import shutil
 
 from ..exceptions import MisconfigurationException
 from .base import Callback
@@ -47,6 +48,7 @@ class ModelCheckpoint(Callback):
         self._want_best = None    # value to save as best at the next save point
         self._want_last = False
         self._last_step_saved = 0
+        self._last_batches_saved = -1
 
     def _folder(self, trainer):
         if self.filepath is None:  # resolved at the first save: fit start never waits for it
@@ -64,7 +66,10 @@ class ModelCheckpoint(Callback):
             self._want_best = value
 
     def on_epoch_end(self, trainer, module):
-        self._want_last = self._want_last or self.save_last
+        # not needed when this batch's validation point already wrote last.ckpt (a resume
+        # from that one goes straight to the epoch's end)
+        if self._last_batches_saved != trainer.state.total_batches:
+            self._want_last = self._want_last or self.save_last
 
     def on_save_point(self, trainer, module):
         if self._want_best is None and not self._want_last and not self.every_n_steps:
@@ -72,15 +77,34 @@ class ModelCheckpoint(Callback):
         step = trainer.state.global_step
         if self.every_n_steps and step - self._last_step_saved >= self.every_n_steps:
             self._want_last = True
+        best_path, after = None, None
         if self._want_best is not None:
             value, self._want_best = self._want_best, None
-            self._save_best(trainer, value)
+            best_path, after = self._new_best(trainer, value)
         if self._want_last and self.save_last:
             self._want_last = False
-            self._last_step_saved = step
-            trainer.save_checkpoint(os.path.join(self._folder(trainer), f'{self.prefix}last.ckpt'))
+            self._last_step_saved, self._last_batches_saved = step, trainer.state.total_batches
+            last = os.path.join(self._folder(trainer), f'{self.prefix}last.ckpt')
+            if best_path is not None:  # same content: one write, the best file is a link to it
+                after = self._link_then(last, best_path, after)
+            trainer.save_checkpoint(last, then=after)
+        elif best_path is not None:
+            trainer.save_checkpoint(best_path, then=after)
 
-    def _save_best(self, trainer, value):
+    @staticmethod
+    def _link_then(source, target, after):
+        def link():
+            try:
+                os.link(source, target)  # last.ckpt is later replaced, never rewritten in place
+            except OSError:  # file systems without hard links
+                shutil.copyfile(source, target)
+            if after is not None:
+                after()
+        return link
+
+    def _new_best(self, trainer, value):
+        """Path for a new best-by-metric file (state updated first, so the file holds it) and
+        what to do once it is in place (remove the previous best)."""
         state = trainer.state
         shown = 'nan' if math.isnan(value) else f'{value:.4f}'
         name = f'{self.prefix}epoch={state.epoch}-step={state.global_step}-{self.monitor.key}={shown}.ckpt'
@@ -93,7 +117,7 @@ class ModelCheckpoint(Callback):
             def drop():  # only once the new best is safely in place
                 if os.path.exists(previous):
                     os.remove(previous)
-        trainer.save_checkpoint(path, then=drop)  # holds the updated best, so a resume knows it
+        return path, drop
 
     def state_dict(self):
         return {'best': self.best, 'best_path': self.best_path, 'mode': self.monitor.mode,
