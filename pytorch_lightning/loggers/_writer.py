@@ -29,6 +29,7 @@ class _Writer:
         self.replies = replies
         self.experiments, self.errors = {}, {}
         self.last_saved, self.deferred = {}, set()
+        self.rows = {}  # key -> rows received but not yet given to test-tube
         self.folder_locks = {}
         self.lock = threading.Lock()  # shared with the thread doing deferred saves
 
@@ -78,7 +79,17 @@ class _Writer:
                 f"fit or pick another version.")
         return exp
 
+    def drain(self, key):
+        """Give test-tube the rows held for ``key`` (done in bursts, at most about once per
+        SAVE_EVERY_S, so the writer wakes rarely while training runs)."""
+        rows = self.rows.pop(key, None)
+        exp = self.experiments.get(key)
+        if rows and exp is not None:
+            for row, step in rows:
+                self.guarded(key, exp.log, row, step)
+
     def save_now(self, key):
+        self.drain(key)
         self.deferred.discard(key)
         self.last_saved[key] = time.monotonic()
         self.guarded(key, self.experiments[key].save)
@@ -94,10 +105,12 @@ class _Writer:
             time.sleep(SAVE_EVERY_S / 4)
             with self.lock:
                 now = time.monotonic()
-                for key in [k for k in self.deferred if now - self.last_saved[k] >= SAVE_EVERY_S]:
+                for key in [k for k in self.deferred
+                            if now - self.last_saved.get(k, float('-inf')) >= SAVE_EVERY_S]:
                     self.save_now(key)
 
     def close(self, key):
+        self.drain(key)
         self.deferred.discard(key)
         exp = self.experiments.pop(key, None)
         if exp is None:
@@ -115,13 +128,14 @@ class _Writer:
         exp = self.experiments.get(key)
         if kind == 'rows':
             if exp is not None:
-                for row, step in msg[2]:
-                    self.guarded(key, exp.log, row, step)
+                self.rows.setdefault(key, []).extend(msg[2])
+                self.deferred.add(key)  # written with the next (merged) save
         elif kind == 'save':
             if exp is not None:
                 self.save_merged(key)
         elif kind == 'tag':
             if exp is not None:
+                self.drain(key)
                 self.guarded(key, exp.tag, msg[2])
         elif kind == 'open':
             exp = self.guarded(key, self.open, key, msg[2])
@@ -134,6 +148,7 @@ class _Writer:
             self.reply('flushed', key, None if exp is None else len(exp.metrics))
         elif kind == 'truncate':  # resume: drop rows logged after the checkpoint
             if exp is not None:
+                self.drain(key)
                 del exp.metrics[msg[2]:]
                 self.save_now(key)
         elif kind == 'close':
