@@ -667,7 +667,7 @@ def main(argv=None):
         for n in loader['skips']:
             print(f"{n:>8}{fmt_ms(loader['fresh']):>20}{fmt_ms(loader['res'][n]):>20}"
                   f"{fmt_ms(loader['naive'][n]):>20}")
-        print(f"index work only (b without loading), min: "
+        print("index work only (b without loading), min: "
               + ', '.join(f'n={n} {t * 1e3:.2f} ms' for n, t in loader['index'].items()))
         print(f"per skipped batch: (b) {loader['slope_b'] * 1e6:.2f} us (index work), (c) "
               + (f"{loader['slope_c'] * 1e3:.2f} ms" if loader['slope_c'] is not None else 'n/a'))

@@ -4,7 +4,6 @@ import csv
 import os
 
 import pytest
-import torch
 from test_tube import Experiment
 
 from pytorch_lightning import Trainer

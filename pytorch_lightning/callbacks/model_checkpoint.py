@@ -112,11 +112,12 @@ class ModelCheckpoint(Callback):
         previous = self.best_path
         if self.monitor.improved(value, self.best):
             self.best, self.best_path = value, path
-        drop = None
-        if self.save_best_only and self.best_path == path and previous and previous != path:
-            def drop():  # only once the new best is safely in place
-                if os.path.exists(previous):
-                    os.remove(previous)
+        if not (self.save_best_only and self.best_path == path and previous and previous != path):
+            return path, None
+
+        def drop():  # only once the new best is safely in place
+            if os.path.exists(previous):
+                os.remove(previous)
         return path, drop
 
     def state_dict(self):
