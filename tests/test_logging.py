@@ -119,3 +119,15 @@ def test_import_does_not_load_test_tube():
     code = 'import sys, pytorch_lightning; print("test_tube" in sys.modules)'
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == 'False'
+
+
+def test_long_run_replies_are_read_whole(tmp_path):
+    """finalize() gets every row back for a user Experiment: a reply far larger than one
+    pipe read (thousands of rows) must arrive whole."""
+    exp = Experiment(save_dir=str(tmp_path), name='long')
+    logger = TestTubeLogger(experiment=exp)
+    for i in range(5000):
+        logger.log({'loss': float(i), 'epoch': 0}, i)
+    logger.finalize()
+    assert len(exp.metrics) == 5000
+    assert len(read_rows(tmp_path / 'long' / f'version_{exp.version}')) == 5000

@@ -8,6 +8,7 @@ only at ``flush``/``finalize``. The pipe's buffer bounds how far the writer can 
 when it is full, the training thread waits (back-pressure, nothing dropped).
 """
 import atexit
+import io
 import os
 import pickle
 import subprocess
@@ -46,12 +47,16 @@ class _WriterService:
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'pytorch_lightning.loggers._writer'],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+        # buffered ends: a raw pipe may read or write only part of a large message
+        self._requests = io.BufferedWriter(self.proc.stdin)
+        self._replies = io.BufferedReader(self.proc.stdout)
         self._pending = {}
         atexit.register(self.shutdown)
 
     def send(self, msg):
         try:
-            self.proc.stdin.write(pickle.dumps(msg, _PROTOCOL))
+            self._requests.write(pickle.dumps(msg, _PROTOCOL))
+            self._requests.flush()
         except (BrokenPipeError, OSError) as err:
             raise LoggerError(
                 f"the log-writer process exited (code {self.proc.poll()}); see its error "
@@ -61,7 +66,7 @@ class _WriterService:
         """Block until the reply ``(kind, key)`` arrives; return its payload."""
         while (kind, key) not in self._pending:
             try:
-                got = pickle.load(self.proc.stdout)
+                got = pickle.load(self._replies)
             except EOFError as err:
                 raise LoggerError(
                     f"the log-writer process exited (code {self.proc.wait()}) before answering "
@@ -76,7 +81,7 @@ class _WriterService:
         if self.proc.poll() is None and self.pid == os.getpid():
             try:
                 self.send(('exit',))
-                self.proc.stdin.close()
+                self._requests.close()
             except LoggerError:
                 pass  # already gone: nothing left to flush
             self.proc.wait(timeout=300)
