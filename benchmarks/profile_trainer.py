@@ -37,6 +37,9 @@ from torch import nn  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 from pytorch_lightning.callbacks import MetricsLogging, ProgressBar  # noqa: E402
 from pytorch_lightning.loggers import TestTubeLogger  # noqa: E402
+from pytorch_lightning.loggers import test_tube as test_tube_logger  # noqa: E402
+
+STEPS_PER_S = 2000  # the tiny MLP's pace here (~500 us/step), for amortizing per-second costs
 
 QUIET = dict(progress_bar=False, experiment=False, print_weights_summary=False)
 CORE = dict(QUIET, checkpoint_callback=False, early_stop_callback=False)
@@ -149,6 +152,7 @@ def micro(save_dir, sink):
     def add(name, per_call, per_step_factor, note=''):
         rows.append((name, per_call, per_call * per_step_factor, note))
 
+    batched = getattr(test_tube_logger, 'ROW_BATCH_S', None)
     add('loss.item() (CPU, every step)', _us('loss.item()', 20000, loss=loss), 1)
     add('math.isfinite + deque.append', _us('isf(v); d.append(v)', 200000, isf=math.isfinite,
         v=1.0, d=collections.deque(maxlen=20)), 1)
@@ -180,7 +184,8 @@ def micro(save_dir, sink):
         logcb._until_save = 10 ** 9
         per10 = _us('f()', 1000, f=lambda: logcb.on_batch_end(trainer, model))
         add('MetricsLogging.on_batch_end (avg, row/10)', per10, 1,
-            'numbers_only + pickle + pipe write every 10th')
+            'row built every 10th step' + (', sends included' if not batched else
+                                           ', sends included (batched)'))
         logger = trainer.logger
         sends = []
         for _ in range(7):
@@ -192,21 +197,17 @@ def micro(save_dir, sink):
             'every 100 steps; the writer does the work')
         sends = []
         for _ in range(7):
-            time.sleep(0.3)
+            time.sleep(0.3)  # > ROW_BATCH_S: this call sends (and wakes the idle writer)
             start = time.perf_counter()
             logger.log_metrics({'loss': 0.5, 'epoch': 0}, 0)
             sends.append((time.perf_counter() - start) * 1e6)
-        add('TestTubeLogger.log_metrics (send, writer idle)', statistics.median(sends), 1 / 10,
-            'every 10 steps: pickle + pipe write + waking the writer')
-        sends = []
-        for _ in range(7):
-            time.sleep(0.3)
-            start = time.perf_counter()
-            logcb._until_row = 1
-            logcb.on_batch_end(trainer, model)
-            sends.append((time.perf_counter() - start) * 1e6)
-        add('MetricsLogging.on_batch_end, a row step', statistics.median(sends), 1 / 10,
-            'row built + sent, writer idle')
+        if batched:  # at most 1 / ROW_BATCH_S sends per second, at STEPS_PER_S steps/s
+            factor, note = 1 / (batched * STEPS_PER_S), (
+                f'rows batched: at most every {batched} s (per step at {STEPS_PER_S} steps/s)')
+        else:
+            factor, note = 1 / 10, 'every 10 steps: pickle + pipe write + waking the writer'
+        add('TestTubeLogger.log_metrics, a send (writer idle)', statistics.median(sends),
+            factor, note)
         add('tqdm_metrics (in a redraw)', _us('t.tqdm_metrics', 2000, t=trainer), 0)
         hooks = trainer._hooks
         add('HookDispatcher: 3 empty hook loops', _us(
@@ -270,10 +271,11 @@ def micro(save_dir, sink):
     exp = Experiment(save_dir=save_dir, name='direct')
     row = {'loss': 0.5, 'epoch': 0}
     per_log = _us('e.log(dict(r), global_step=0)', 200, repeat=3, e=exp, r=row)
-    add('[writer] test_tube Experiment.log', per_log, 1 / 10, 'in the writer process, per row')
+    add('[writer] test_tube Experiment.log', per_log, 0,
+        'writer CPU per row, not on the training thread')
     exp.metrics = exp.metrics[:200]
-    add('[writer] Experiment.save, 200 rows', _us('e.save()', 10, repeat=3, e=exp), 1 / 100,
-        'in the writer process; grows with rows')
+    add('[writer] Experiment.save, 200 rows', _us('e.save()', 10, repeat=3, e=exp), 0,
+        'writer CPU; grows with the rows')
     exp.metrics = exp.metrics * 10
     add('[writer] Experiment.save, 2000 rows', _us('e.save()', 5, repeat=3, e=exp), 0,
         'later in a long run')
