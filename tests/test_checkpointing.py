@@ -307,3 +307,14 @@ def test_resume_from_save_point_after_last_batch_of_epoch(quiet, tmp_path):
     resumed = run(resume_from_checkpoint=tmp_path / 'end_of_batches.ckpt')
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('kwargs, text', [
+    (dict(period=0), 'ModelCheckpoint(period=0): expected an int >= 1'),
+    (dict(every_n_steps=0), 'ModelCheckpoint(every_n_steps=0): expected None or an int >= 1'),
+    (dict(filepath=3), 'ModelCheckpoint(filepath=3): expected the folder'),
+])
+def test_model_checkpoint_arguments(kwargs, text):
+    with pytest.raises(MisconfigurationException) as err:
+        ModelCheckpoint(**kwargs)
+    assert text in str(err.value)
