@@ -217,9 +217,10 @@ def callback_keys(callbacks):
     return keys
 
 
-def dump(trainer, position):
+def dump(trainer, position, durable_logs=False):
     """The checkpoint dict for ``trainer`` right now. ``position`` says where the loop
-    stands (see ``Trainer._position``). Every part contributes its own ``state_dict()``."""
+    stands (see ``Trainer._position``). Every part contributes its own ``state_dict()``.
+    ``durable_logs``: wait until the logger's rows are on disk (see ``TestTubeLogger``)."""
     module = trainer.module
     checkpoint = dict(module.get_save_dict())
     if KEY in checkpoint:
@@ -242,7 +243,7 @@ def dump(trainer, position):
         'lr_schedulers': [sched.state_dict() for sched in trainer.lr_schedulers],
         'callbacks': dict(zip(callback_keys(callbacks), (cb.state_dict() for cb in callbacks))),
         'logger': (None if trainer.logger is None
-                   else trainer.logger.state_dict(trainer.state.total_batches)),
+                   else trainer.logger.state_dict(trainer.state.total_batches, durable_logs)),
         'accumulated_grads': grads,
         'val_metrics': dict(trainer.val_metrics),
     }

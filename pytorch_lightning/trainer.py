@@ -366,8 +366,10 @@ class Trainer:
         """Write a checkpoint of the whole run to ``path`` (atomically). Meant for save
         points (``Callback.on_save_point``), where resuming from it is exact. The file is
         written now; with ``background`` its fsync and rename finish on another thread
-        (``fit`` waits for them before it returns). ``then`` runs after the rename."""
-        checkpoint_io.atomic_save(checkpoint_io.dump(self, self._position()), path,
+        (``fit`` waits for them before it returns); without it, the logger's rows are on
+        disk too before this returns. ``then`` runs after the rename."""
+        checkpoint = checkpoint_io.dump(self, self._position(), durable_logs=not background)
+        checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)
 
     def _position(self):

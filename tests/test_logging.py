@@ -131,3 +131,35 @@ def test_long_run_replies_are_read_whole(tmp_path):
     logger.finalize()
     assert len(exp.metrics) == 5000
     assert len(read_rows(tmp_path / 'long' / f'version_{exp.version}')) == 5000
+
+
+@pytest.mark.parametrize('rows_before', [0, 3])
+def test_checkpoint_records_the_rows_on_disk_without_waiting(tmp_path, rows_before):
+    """The checkpoint's row count is counted in the training process (no wait for the
+    writer); it must equal what the writer writes, including rows the experiment held
+    before fit."""
+    from pytorch_lightning import checkpoint_io
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    exp = Experiment(save_dir=str(tmp_path), name='counted')
+    for i in range(rows_before):
+        exp.log({'earlier': float(i)})
+    exp.save()
+    trainer = Trainer(**logged_kwargs(tmp_path, experiment=exp, add_log_row_interval=3,
+                                      checkpoint_callback=ModelCheckpoint(tmp_path / 'c')))
+    trainer.fit(TinyModel())  # 8 batches x 2 epochs: rows at 3, 6, 9, 12, 15 + 2 val rows
+    saved = checkpoint_io.load(tmp_path / 'c' / 'last.ckpt')['lightning']['logger']
+    on_disk = read_rows(tmp_path / 'counted' / f'version_{exp.version}')
+    assert saved['rows'] == len(on_disk) == rows_before + 7
+    # a durable save (what SLURM preemption uses) asks the writer and agrees
+    trainer.logger._ensure_open()
+    assert trainer.logger.state_dict(0, durable=True)['rows'] == rows_before + 7
+    trainer.logger.finalize()
+    # resumed (rows after the checkpoint would be truncated): the count goes on from there
+    resumed = Trainer(**logged_kwargs(tmp_path, experiment=exp, add_log_row_interval=3,
+                                      max_nb_epochs=3, checkpoint_callback=ModelCheckpoint(
+                                          tmp_path / 'c'),
+                                      resume_from_checkpoint=tmp_path / 'c' / 'last.ckpt'))
+    resumed.fit(TinyModel())  # epoch 2: rows at 18, 21, 24 + 1 val row
+    saved = checkpoint_io.load(tmp_path / 'c' / 'last.ckpt')['lightning']['logger']
+    on_disk = read_rows(tmp_path / 'counted' / f'version_{exp.version}')
+    assert saved['rows'] == len(on_disk) == rows_before + 11

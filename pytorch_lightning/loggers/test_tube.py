@@ -46,7 +46,10 @@ class _WriterService:
         self.pid = os.getpid()
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'pytorch_lightning.loggers._writer'],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
+            # its own process group: a Ctrl-C in the terminal interrupts training, not the
+            # writer, which still has rows to save (it exits when this process closes the pipe)
+            start_new_session=True)
         # buffered ends: a raw pipe may read or write only part of a large message
         self._requests = io.BufferedWriter(self.proc.stdin)
         self._replies = io.BufferedReader(self.proc.stdout)
@@ -117,6 +120,9 @@ class TestTubeLogger:
         self._tagged = False
         self._resume = None  # (rows to keep, TensorBoard purge step) for the next open
         self._rows, self._send_rows_at = [], 0.0  # rows not yet sent to the writer
+        # rows the experiment holds = rows it had when opened (after a resume's truncation)
+        # + rows logged since; counted here so a checkpoint need not wait for the writer
+        self._rows_at_open, self._rows_logged, self._truncate_to = None, 0, None
 
     # -------------------------------------------------------------- lifecycle
     def _ensure_open(self):
@@ -131,6 +137,8 @@ class TestTubeLogger:
         kwargs = dict(save_dir=self.save_dir, name=self.name, version=self._version,
                       description=self.description, debug=self.debug)
         resume, self._resume = self._resume, None
+        self._rows_at_open, self._rows_logged = None, 0
+        self._truncate_to = None if resume is None else resume[0]
         if resume is not None:
             kwargs['purge_step'] = resume[1]  # TensorBoard hides events from the killed run
         self._service.send(('open', self._key, kwargs))
@@ -139,10 +147,15 @@ class TestTubeLogger:
         if exp is not None:  # route the user's own calls through the writer while open
             exp.log, exp.tag, exp.save = self.log, self.tag, self.save
 
-    def _await_open(self):
+    def _await_open(self, service=None):
         if not self._open_acknowledged:
             self._open_acknowledged = True
-            self._version = self._service.await_reply('opened', self._key)
+            opened = (service or self._service).await_reply('opened', self._key)
+            if opened is not None:
+                self._version, rows = opened
+                if self._truncate_to is not None:
+                    rows = min(rows, self._truncate_to)
+                self._rows_at_open = rows
 
     @property
     def version(self):
@@ -179,6 +192,7 @@ class TestTubeLogger:
         the writer, so it disturbs training less); any other call sends them first."""
         self._ensure_open()
         self._rows.append((dict(metrics), global_step))
+        self._rows_logged += 1
         now = time.monotonic()
         if now >= self._send_rows_at:
             self._send_rows_at = now + ROW_BATCH_S
@@ -220,10 +234,18 @@ class TestTubeLogger:
         return self._service.await_reply('flushed', self._key)
 
     # -------------------------------------------------------------- checkpoints
-    def state_dict(self, step):
-        """What a checkpoint records: the version and how many rows are on disk (flushed
-        now, so a resume finds every row up to the checkpoint)."""
-        rows = self.flush()
+    def state_dict(self, step, durable=False):
+        """What a checkpoint records: the version, how many metric rows the experiment
+        holds, and the TensorBoard step. The rows are counted here and a save is queued, so
+        the checkpoint does not wait for the writer: if the training process dies, the
+        writer still saves every row it was sent. With ``durable`` (SLURM preemption, where
+        the whole job ends next) it waits until they are on disk."""
+        if durable:
+            rows = self.flush()
+        else:
+            self.save()
+            self._await_open()  # the version and starting row count (long answered)
+            rows = self._rows_at_open + self._rows_logged
         return {'name': self.name, 'version': self.version, 'rows': rows, 'step': step}
 
     def load_state_dict(self, state):
@@ -249,9 +271,7 @@ class TestTubeLogger:
         self._send_rows()
         service, key = self._service, self._key
         self._service = None
-        if not self._open_acknowledged:
-            self._open_acknowledged = True
-            self._version = service.await_reply('opened', key)
+        self._await_open(service)
         service.send(('close', key))
         state = service.await_reply('closed', key)
         if exp is not None and state is not None:
