@@ -4,10 +4,11 @@
 Run as ``python -m pytorch_lightning.loggers._writer``. It reads pickled requests from stdin
 and writes pickled replies to its original stdout; anything printed goes to stderr.
 
-Requests: ('open', key, kwargs) ('rows', key, [(row, step), ...]) ('tag', key, dict) ('save', key)
-('truncate', key, nb_rows) ('flush', key) ('close', key) ('exit',). Replies (only to
-open/flush/close/exit): (kind, key, payload, error_text_or_None); 'opened' carries
-(version, rows already in the experiment), 'flushed' the row count.
+Requests: ('open', key, kwargs) ('rows', key, [(row, step), ...], then_save) ('tag', key, dict)
+('save', key) ('truncate', key, nb_rows) ('flush', key) ('close', key, want_state) ('exit',).
+Replies (only to open/flush/close/exit): (kind, key, payload, error_text_or_None); 'opened'
+carries (version, rows already in the experiment), 'flushed' the row count, 'closed' the
+experiment's metrics and tags when asked for (else None).
 """
 import fcntl
 import os
@@ -107,7 +108,7 @@ class _Writer:
                             if now - self.last_saved.get(k, float('-inf')) >= SAVE_EVERY_S]:
                     self.save_now(key)
 
-    def close(self, key):
+    def close(self, key, want_state=False):
         self.deferred.discard(key)
         exp = self.experiments.pop(key, None)
         if exp is None:
@@ -117,7 +118,7 @@ class _Writer:
         lock = self.folder_locks.pop(key, None)
         if lock is not None:
             lock.close()  # releases the folder for the next writer
-        return {'metrics': exp.metrics, 'tags': exp.tags}
+        return {'metrics': exp.metrics, 'tags': exp.tags} if want_state else None
 
     def handle(self, msg):
         """Carry out one request; False once the writer should exit."""
@@ -131,7 +132,10 @@ class _Writer:
             if exp is not None:
                 for row, step in msg[2]:
                     self.guarded(key, exp.log, row, step)
-                self.deferred.add(key)  # CSV files rewritten with the next (merged) save
+                if msg[3]:  # a save was asked for with these rows
+                    self.save_merged(key)
+                else:
+                    self.deferred.add(key)  # CSV files rewritten with the next (merged) save
         elif kind == 'save':
             if exp is not None:
                 self.save_merged(key)
@@ -152,7 +156,7 @@ class _Writer:
                 del exp.metrics[msg[2]:]
                 self.save_now(key)
         elif kind == 'close':
-            self.reply('closed', key, self.close(key))
+            self.reply('closed', key, self.close(key, msg[2]))
         elif kind == 'exit':
             for k in list(self.experiments):
                 self.close(k)

@@ -120,6 +120,7 @@ class TestTubeLogger:
         self._tagged = False
         self._resume = None  # (rows to keep, TensorBoard purge step) for the next open
         self._rows, self._send_rows_at = [], 0.0  # rows not yet sent to the writer
+        self._save_asked = False  # a save() waiting to go out with the next rows
         # rows the experiment holds = rows it had when opened (after a resume's truncation)
         # + rows logged since; counted here so a checkpoint need not wait for the writer
         self._rows_at_open, self._rows_logged, self._truncate_to = None, 0, None
@@ -201,7 +202,11 @@ class TestTubeLogger:
     def _send_rows(self):
         if self._rows:
             rows, self._rows = self._rows, []
-            self._service.send(('rows', self._key, rows))
+            then_save, self._save_asked = self._save_asked, False
+            self._service.send(('rows', self._key, rows, then_save))
+        elif self._save_asked:
+            self._save_asked = False
+            self._service.send(('save', self._key))
 
     log_metrics = log
 
@@ -218,10 +223,14 @@ class TestTubeLogger:
             self.tag(params)
 
     def save(self):
-        """Queue a test-tube ``save()`` (CSV files and TensorBoard flush)."""
+        """Queue a test-tube ``save()`` (CSV files and TensorBoard flush). While rows are
+        waiting for their batch to go out (at most ``ROW_BATCH_S``), the request goes with
+        them: one pipe write, one wake-up of the writer. The writer merges saves to at most
+        one per second anyway."""
         self._ensure_open()
-        self._send_rows()
-        self._service.send(('save', self._key))
+        self._save_asked = True
+        if not self._rows or time.monotonic() >= self._send_rows_at:
+            self._send_rows()
 
     # -------------------------------------------------------------- synchronous
     def flush(self):
@@ -243,7 +252,9 @@ class TestTubeLogger:
         if durable:
             rows = self.flush()
         else:
-            self.save()
+            self._ensure_open()
+            self._save_asked = True
+            self._send_rows()  # now, not with the next batch: the count covers them
             self._await_open()  # the version and starting row count (long answered)
             rows = self._rows_at_open + self._rows_logged
         return {'name': self.name, 'version': self.version, 'rows': rows, 'step': step}
@@ -272,7 +283,7 @@ class TestTubeLogger:
         service, key = self._service, self._key
         self._service = None
         self._await_open(service)
-        service.send(('close', key))
+        service.send(('close', key, exp is not None))  # rows come back only to refresh exp
         state = service.await_reply('closed', key)
         if exp is not None and state is not None:
             exp.metrics, exp.tags = state['metrics'], state['tags']
