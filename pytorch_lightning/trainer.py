@@ -76,6 +76,8 @@ class Trainer:
                 callbacks.on_save_point
                 if state.should_stop and epoch + 1 >= min_nb_epochs: stop
             callbacks.on_fit_end                              # final log save
+        on an exception: callbacks.on_exception(error), then re-raise (SLURM preemption:
+        exit status 0)
 
     Resuming (``resume_from_checkpoint``, or the newest ``hpc_ckpt_<n>.ckpt`` found at start)
     restores every part after ``configure_optimizers``, runs the sanity check, then continues
@@ -346,11 +348,11 @@ class Trainer:
                 self._preemption = None
 
     def _close_after_failure(self, err):
-        """Finish writing logs and checkpoints, close the bar; the original error still
-        propagates."""
+        """Every callback's ``on_exception`` (the bar closes, the logs are saved), then the
+        pending checkpoint writes finish; the original error still propagates."""
         self.state.stage = 'idle'
-        closers = [(type(p).__name__, functools.partial(p.on_fit_end, self, self.module))
-                   for p in self._active_callbacks if isinstance(p, (ProgressBar, MetricsLogging))]
+        closers = [(getattr(fn, 'func', fn).__qualname__, functools.partial(fn, err))
+                   for fn in self._hooks.hooks['on_exception']]
         for name, close in closers + [('checkpoint saving', checkpoint_io.wait_for_saves)]:
             try:
                 close()
@@ -575,7 +577,8 @@ class Trainer:
         if type(self.placement).backward is Placement.backward:
             backward = torch.Tensor.backward  # the same call, one frame less
         plain_step = not (self.gradient_clip > 0 or hooks.module_optimizer_step is not None
-                          or hooks.hooks['on_before_zero_grad'])
+                          or hooks.hooks['on_before_zero_grad']
+                          or type(self.placement).step is not Placement.step)
         optimizer_step = self._optimizer_step
         Tensor = torch.Tensor
         where = f'at epoch {epoch}, batch ' + '{}' + (', optimizer {}' if multi else '')
@@ -657,7 +660,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.param_groups[opt_i], self.gradient_clip)
         user_step = self._hooks.module_optimizer_step
         if user_step is None:
-            optimizer.step()
+            self.placement.step(optimizer)
         else:
             user_step(epoch, batch_idx, optimizer, opt_i)
         for fn in self._hooks.hooks['on_before_zero_grad']:

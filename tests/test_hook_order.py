@@ -64,7 +64,8 @@ class RecordingCallback(Callback):
     for _name in ('on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
                   'on_after_backward', 'on_before_zero_grad', 'on_batch_end',
                   'on_pre_performance_check', 'on_validation_batch_end', 'on_validation_end',
-                  'on_post_performance_check', 'on_epoch_end', 'on_test_end', 'on_fit_end'):
+                  'on_post_performance_check', 'on_epoch_end', 'on_test_end', 'on_fit_end',
+                  'on_exception'):
         locals()[_name] = _rec(_name)
     del _name
 
@@ -134,3 +135,47 @@ def test_seed_style_zero_argument_hooks(quiet):
 
     Trainer(**quiet(nb_sanity_val_steps=0)).fit(Seed(n=16))
     assert calls == ['start', 'zero'] * 2
+
+
+def test_failing_fit_calls_on_exception_instead_of_on_fit_end(quiet):
+    """The order up to the failure is the usual one; then every callback's on_exception runs
+    (not on_fit_end), and the error propagates unchanged."""
+    import pytest
+
+    class FailsInEpoch1(Recording):
+        def training_step(self, data_batch, batch_nb):
+            if self.trainer.current_epoch == 1 and batch_nb == 2:
+                self.log.append('training_step:2')
+                raise ValueError('bad batch')
+            return super().training_step(data_batch, batch_nb)
+
+    class SeesTheError(Callback):
+        def on_exception(self, trainer, module, error):
+            log.append(f'second.on_exception:{error}')
+
+    log = []
+    trainer = Trainer(**quiet(callbacks=[RecordingCallback(log), SeesTheError()],
+                              max_nb_epochs=2, nb_sanity_val_steps=2))
+    with pytest.raises(ValueError, match='bad batch'):
+        trainer.fit(FailsInEpoch1(log))
+    full = expected_order(epochs=2)
+    cut = full.index('training_step:2', full.index('cb.on_epoch_start', 20))
+    assert log == full[:cut + 1] + ['cb.on_exception', 'second.on_exception:bad batch']
+    assert trainer.state.stage == 'idle'
+
+
+def test_a_failing_on_exception_is_attached_not_raised(quiet):
+    import pytest
+
+    class Broken(Callback):
+        def on_exception(self, trainer, module, error):
+            raise OSError('disk gone')
+
+    class Fails(TinyModel):
+        def training_step(self, data_batch, batch_nb):
+            raise ValueError('the real error')
+
+    with pytest.raises(ValueError, match='the real error') as info:
+        Trainer(**quiet(callbacks=[Broken()])).fit(Fails())
+    assert any('Broken.on_exception also failed' in note and 'disk gone' in note
+               for note in getattr(info.value, '__notes__', []))

@@ -6,7 +6,7 @@ CALLBACK_HOOKS = (
     'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
     'on_after_backward', 'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
     'on_validation_batch_end', 'on_validation_end', 'on_post_performance_check',
-    'on_epoch_end', 'on_save_point', 'on_test_end', 'on_fit_end',
+    'on_epoch_end', 'on_save_point', 'on_test_end', 'on_fit_end', 'on_exception',
 )
 
 
@@ -72,6 +72,12 @@ class Callback:
 
     def on_fit_end(self, trainer, module):
         """Once, when ``fit`` finishes (also when it stops early)."""
+
+    def on_exception(self, trainer, module, error):
+        """Instead of ``on_fit_end`` when ``fit`` ends with an exception (a failing step,
+        ``KeyboardInterrupt``, a SLURM preemption): release what ``on_fit_start`` took. The
+        error propagates after every callback's ``on_exception`` has run; an error raised
+        here is attached to it as a note, never hiding it."""
 
     def state_dict(self):
         """What this callback needs to resume exactly (saved in checkpoints)."""

@@ -59,6 +59,9 @@ class MetricsLogging(Callback):
     def on_fit_end(self, trainer, module):
         self.logger.finalize()
 
+    def on_exception(self, trainer, module, error):
+        self.logger.finalize()  # every row logged before the error is saved
+
     def state_dict(self):
         return {'until_row': self._until_row, 'until_save': self._until_save}
 

@@ -57,3 +57,6 @@ class ProgressBar(Callback):
             self._draw(trainer, time.perf_counter())
             self._bar.close()
             self._bar = None
+
+    def on_exception(self, trainer, module, error):
+        self.on_fit_end(trainer, module)  # the bar shows where it stopped

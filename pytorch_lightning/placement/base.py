@@ -22,7 +22,14 @@ class Placement:
         return batch
 
     def backward(self, loss):
+        """Backpropagate ``loss`` (a mixed-precision placement scales it first)."""
         loss.backward()
+
+    def step(self, optimizer):
+        """Take ``optimizer``'s step (a mixed-precision placement unscales and skips
+        steps with inf/NaN gradients here). Not used when the module overrides
+        ``optimizer_step``: that override takes the step itself."""
+        optimizer.step()
 
     def teardown(self, module):
         """Undo what ``setup`` did that must not outlive fit."""
