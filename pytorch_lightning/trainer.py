@@ -1,40 +1,35 @@
 """The training loop, and nothing else."""
 import collections
 import functools
-import glob
 import itertools
 import math
 import numbers
 import os
-import re
 import sys
 
 import torch
 
 from . import checkpoint_io
 from . import validation as checks
+from ._checkpointing import CheckpointingMixin, _Preempted
 from ._dispatch import HookDispatcher, adapt_step
 from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
-from .data import find_loader_attr, generator_states, get_loader, limited_batches, make_resumable, restore_generator_states
+from .data import find_loader_attr, get_loader, limited_batches, make_resumable
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
 from .placement import CPUPlacement, Placement
 from .state import TrainerState
 from .utilities import numbers_only, to_number
-from .utilities.slurm import PreemptionSignal, requeue, slurm_job_id
+from .utilities.slurm import slurm_job_id
 
 _EMPTY = {}
 
 
-class _Preempted(Exception):
-    """Internal: SIGUSR1 arrived; the HPC checkpoint is written and the job requeued."""
-
-
-class Trainer:
+class Trainer(CheckpointingMixin):
     """Runs a ``RootModule``: ``Trainer(...).fit(model)``, then optionally ``test()``.
 
     The loop, in order (``hook`` = the module's hook, then each callback's)::
@@ -363,76 +358,6 @@ class Trainer:
                 else:  # Python < 3.11
                     print(note, file=sys.stderr)
 
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path, then=None, background=True):
-        """Write a checkpoint of the whole run to ``path`` (atomically). Meant for save
-        points (``Callback.on_save_point``), where resuming from it is exact. The file is
-        written now; with ``background`` its fsync and rename finish on another thread
-        (``fit`` waits for them before it returns); without it, the logger's rows are on
-        disk too before this returns. ``then`` runs after the rename."""
-        checkpoint = checkpoint_io.dump(self, self._position(), durable_logs=not background)
-        checkpoint_io.atomic_save(checkpoint, path,
-                                  background=background, then=then)
-
-    def _position(self):
-        state = self.state
-        now = generator_states(self._train_loader)  # a loader's own shuffling generator
-        if self._epoch_done:
-            return {'epoch_complete': True, 'generators_now': now}
-        return {'epoch_complete': False, 'batches_done': state.batch_idx + 1,
-                'window': self._window, 'epoch_start_rng': self._epoch_start_rng,
-                'epoch_start_generators': self._epoch_start_generators, 'generators_now': now}
-
-    def _restore_now(self, position, rng):
-        """Random state as it was at the save point (global RNGs and loader generators)."""
-        checkpoint_io.restore_rng(rng)
-        restore_generator_states(self._train_loader, position['generators_now'])
-
-    def _hpc_checkpoints(self):
-        found = []
-        for path in glob.glob(os.path.join(glob.escape(self.default_checkpoint_dir()), 'hpc_ckpt_*.ckpt')):
-            match = re.fullmatch(r'hpc_ckpt_(\d+)\.ckpt', os.path.basename(path))
-            if match:
-                found.append((int(match.group(1)), path))
-        return [path for _, path in sorted(found)]
-
-    def _restore_if_asked(self):
-        path = self.resume_from_checkpoint
-        if path is None and slurm_job_id() is not None and (
-                self.logger is None or self.logger._version is not None):
-            hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
-            path = hpc[-1] if hpc else None
-        self._resume_position = None
-        if path is None:
-            return
-        checkpoint = checkpoint_io.load(path)
-        position, rng = checkpoint_io.restore(self, checkpoint, path)
-        self._resume_position = (position, rng)
-        print(f'resumed from {os.fspath(path)} (epoch {self.state.epoch}, '
-              f'global step {self.state.global_step})')
-
-    def _install_preemption(self):
-        if slurm_job_id() is None:
-            return None
-        signal_ = PreemptionSignal()
-        return signal_ if signal_.install() else None
-
-    def _save_point(self):
-        for fn in self._hooks.hooks['on_save_point']:
-            fn()
-        if self._preemption is not None and self._preemption.requested:
-            self._preempt()
-
-    def _preempt(self):
-        """SIGUSR1 under SLURM: durable HPC checkpoint, requeue, then leave ``fit``."""
-        existing = self._hpc_checkpoints()
-        number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
-        path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
-        self.save_checkpoint(path, background=False)  # durable before the requeue
-        job = slurm_job_id()
-        requeue(job)
-        raise _Preempted(f'saved {path} and requeued job {job}')
-
     # ------------------------------------------------------------------ loop
     def _sanity_check(self):
         if self._val_loader is None or self.nb_sanity_val_steps == 0 or self.nb_val_batches == 0:
@@ -478,38 +403,6 @@ class Trainer:
             scheduler.step(to_number(self.val_metrics['val_loss']))
         else:
             scheduler.step()
-
-    def _epoch_batches(self, resume):
-        """``(first batch index, iterator)`` for this epoch; on a mid-epoch resume the
-        shuffle is redrawn from the saved epoch-start RNG and the done batches skipped."""
-        loader = self._train_loader
-        if resume is None:
-            self._epoch_start_rng = checkpoint_io.capture_rng()
-            self._epoch_start_generators = generator_states(loader)
-            return 0, iter(loader)
-        position = resume[0]
-        self._epoch_start_rng = position['epoch_start_rng']
-        self._epoch_start_generators = position['epoch_start_generators']
-        checkpoint_io.restore_rng(self._epoch_start_rng)
-        restore_generator_states(loader, self._epoch_start_generators)
-        done = position['batches_done']
-        self._window = position['window']
-        state = self.state
-        nb = self.nb_training_batches
-        if (state.should_stop and state.epoch >= self.min_nb_epochs) or (nb is not None and done >= nb):
-            self._restore_now(*resume)  # saved after the epoch's last batch was run
-            return done, iter(())
-        if self._resumable_sampler is not None:  # index work only
-            self._resumable_sampler.skip(done, lambda: self._restore_now(*resume))
-            return done, iter(loader)
-        print(f'resuming mid-epoch: the training loader is a {type(loader).__name__}, which '
-              f'cannot be rebuilt for index-only skipping, so its first {done} batches are '
-              f'loaded again and dropped (use a plain torch.utils.data.DataLoader to avoid this).')
-        batches = iter(loader)  # a loader we cannot rebuild: replay its batches
-        for _ in itertools.islice(batches, done):
-            pass
-        self._restore_now(*resume)
-        return done, batches
 
     def _run_epoch(self, epoch, resume=None):
         state, hooks = self.state, self._hooks
