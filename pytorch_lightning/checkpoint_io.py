@@ -186,16 +186,20 @@ def load_into_model(model, checkpoint, path):
 
 # ------------------------------------------------------------------------------ RNG
 def capture_rng():
-    """The state of every random generator a training step can touch."""
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(),
-             'torch': torch.get_rng_state()}
+    """The state of every random generator a training step can touch. Python's state (625
+    ints) is kept as one uint32 array: pickled as a tuple, each int is a separate object
+    for ``torch.save`` (measured: ~1 ms of a small model's checkpoint went there)."""
+    version, internal, gauss = random.getstate()
+    state = {'python': (version, np.asarray(internal, dtype=np.uint32), gauss),
+             'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state):
-    random.setstate(state['python'])
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(int(v) for v in internal), gauss))
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
