@@ -16,11 +16,14 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from models import TinyModel
     from pytorch_lightning import Trainer
+    from pytorch_lightning.loggers.test_tube import ROW_BATCH_S
 
     class Interrupted(TinyModel):
         def training_step(self, data_batch, batch_nb):
-            if self.trainer.state.total_batches > 25:
-                time.sleep(0.15)  # slower than the logger's 0.1 s row batching: rows go out
+            if 25 < self.trainer.state.total_batches < 30:
+                # twice the logger's row batching between the rows at 10/20 and the row at 30,
+                # so the row at 30 goes to the writer (with 20) when it is logged
+                time.sleep(ROW_BATCH_S / 2)
             if self.trainer.state.total_batches == 35:
                 # what a terminal's Ctrl-C or a job manager does: signal the whole group
                 os.killpg(os.getpgrp(), signal.{signame})
