@@ -163,3 +163,27 @@ def test_checkpoint_records_the_rows_on_disk_without_waiting(tmp_path, rows_befo
     saved = checkpoint_io.load(tmp_path / 'c' / 'last.ckpt')['lightning']['logger']
     on_disk = read_rows(tmp_path / 'counted' / f'version_{exp.version}')
     assert saved['rows'] == len(on_disk) == rows_before + 11
+
+
+def test_rows_reach_the_disk_without_flush_within_about_a_second(tmp_path):
+    """The writer saves deferred rows on its own (merged to one save per second): a reader
+    of metrics.csv sees rows during training without anyone calling flush()."""
+    import time
+    from pytorch_lightning.loggers import test_tube as tt
+    logger = TestTubeLogger(save_dir=str(tmp_path), name='live', version=0)
+    folder = tmp_path / 'live' / 'version_0'
+
+    def rows_within(seconds, expected):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if (folder / 'metrics.csv').exists() and len(read_rows(folder)) == expected:
+                return True
+            time.sleep(0.05)
+        return False
+
+    logger.log({'loss': 1.0}, 0)  # the first row is sent at once
+    assert rows_within(3.0, 1)
+    time.sleep(tt.ROW_BATCH_S)
+    logger.log({'loss': 0.5}, 1)  # sent (the batch interval has passed), saved <= 1 s later
+    assert rows_within(3.0, 2)
+    logger.finalize()

@@ -35,6 +35,7 @@ class _Writer:
         self.rows = {}  # key -> rows received but not yet given to test-tube
         self.folder_locks = {}
         self.lock = threading.Lock()  # shared with the thread doing deferred saves
+        self.wake = threading.Condition(self.lock)  # tells that thread a save was deferred
 
     def reply(self, kind, key, payload=None):
         if self.replies is None:
@@ -108,20 +109,34 @@ class _Writer:
         self.last_saved[key] = time.monotonic()
         self.guarded(key, self.experiments[key].save)
 
+    def defer(self, key):
+        """Save ``key`` once SAVE_EVERY_S has passed since its last save (caller holds the
+        lock)."""
+        self.deferred.add(key)
+        self.wake.notify()
+
     def save_merged(self, key):
         if time.monotonic() - self.last_saved.get(key, float('-inf')) >= SAVE_EVERY_S:
             self.save_now(key)
         else:
-            self.deferred.add(key)
+            self.defer(key)
 
     def save_deferred_forever(self):
-        while True:
-            time.sleep(SAVE_EVERY_S / 4)
-            with self.lock:
+        """Does the deferred saves when they fall due, sleeping in between: it wakes only
+        when a save is due or newly deferred (a timer ticking 4 times a second displaced a
+        training thread on busy machines, and kept an idle writer awake)."""
+        with self.wake:
+            while True:
+                if not self.deferred:
+                    self.wake.wait()
+                    continue
                 now = time.monotonic()
-                for key in [k for k in self.deferred
-                            if now - self.last_saved.get(k, float('-inf')) >= SAVE_EVERY_S]:
+                due = {k: self.last_saved.get(k, float('-inf')) + SAVE_EVERY_S for k in self.deferred}
+                for key in [k for k, at in due.items() if at <= now]:
                     self.save_now(key)
+                pending = [at for k, at in due.items() if at > now and k in self.deferred]
+                if pending:
+                    self.wake.wait(min(pending) - now)
 
     def close(self, key, want_state=False):
         self.drain(key)
@@ -146,7 +161,7 @@ class _Writer:
                 if msg[3]:  # a save was asked for with these rows
                     self.save_merged(key)
                 else:
-                    self.deferred.add(key)
+                    self.defer(key)
         elif kind == 'save':
             if exp is not None:
                 self.save_merged(key)
