@@ -187,3 +187,26 @@ def test_rows_reach_the_disk_without_flush_within_about_a_second(tmp_path):
     logger.log({'loss': 0.5}, 1)  # sent (the batch interval has passed), saved <= 1 s later
     assert rows_within(3.0, 2)
     logger.finalize()
+
+
+def test_writer_spaces_slow_saves_by_their_cost(tmp_path):
+    """test-tube rewrites the whole CSV on every save, so a long run's save gets slow: the
+    writer then spaces merged saves so they take at most SAVE_SHARE of its time."""
+    import io
+    import time
+    from pytorch_lightning.loggers import _writer
+    writer = _writer._Writer(io.BytesIO())
+    writer.handle(('open', 'k', dict(save_dir=str(tmp_path), name='slow', version=0)))
+    exp = writer.experiments['k']
+    opened = time.monotonic()
+    assert writer.next_save['k'] >= opened + _writer.SAVE_EVERY_S - 0.5  # not in the first second
+    real_save = exp.save
+    exp.save = lambda: (time.sleep(0.2), real_save())  # a save of a long run
+    start = time.monotonic()
+    writer.save_now('k')
+    assert writer.next_save['k'] >= start + 0.2 / _writer.SAVE_SHARE  # >= 4 s later, not 1 s
+    with writer.lock:  # as in serve(): requests are handled holding the lock
+        writer.handle(('save', 'k'))  # merged: deferred, not run now
+        assert 'k' in writer.deferred
+        writer.handle(('close', 'k', False))  # close saves whatever is deferred
+    assert 'k' not in writer.deferred and 'k' not in writer.next_save

@@ -21,8 +21,12 @@ import traceback
 
 #: Save requests closer together than this are merged into one, done once the interval has
 #: passed (or at the next flush/close). test-tube's save() rewrites every CSV in full, so its
-#: cost grows with the run; merged, it is bounded to one save per interval.
+#: cost grows with the run; merged, it is bounded to one save per interval. The first merged
+#: save of an experiment also waits this long after it is opened.
 SAVE_EVERY_S = 1.0
+#: ... and, for long runs whose CSV rewrite gets slow, at most this share of the writer's time
+#: goes to merged saves (a 0.5 s rewrite of 100k rows then runs every 10 s, not every second).
+SAVE_SHARE = 0.05
 
 
 class _Writer:
@@ -31,7 +35,8 @@ class _Writer:
         self.Experiment = Experiment
         self.replies = replies
         self.experiments, self.errors = {}, {}
-        self.last_saved, self.deferred = {}, set()
+        # key -> monotonic time before which no merged save runs (see save_now)
+        self.next_save, self.deferred = {}, set()
         self.rows = {}  # key -> rows received but not yet given to test-tube
         self.folder_locks = {}
         self.lock = threading.Lock()  # shared with the thread doing deferred saves
@@ -94,9 +99,9 @@ class _Writer:
     def drain(self, key):
         """Give test-tube the rows held for ``key``. This happens in bursts, with the merged
         save (at most about once per SAVE_EVERY_S) and at flush/close, not as rows arrive:
-        measured on 2 cores that torch keeps busy, handing rows over on arrival (10 wake-ups a
-        second) kept the training thread waiting for a core 17 ms per 1 s fit, bursts 7 ms,
-        and a fit of ~1 s then leaves most of the work for close, after training."""
+        in one A/B of 12 fits each on 2 cores that torch keeps busy, handing rows over on
+        arrival (10 wake-ups a second) kept the training thread waiting for a core 17 ms per
+        1 s fit, bursts 7 ms; a fit of ~1 s then leaves most of the work for close."""
         rows = self.rows.pop(key, None)
         exp = self.experiments.get(key)
         if rows and exp is not None:
@@ -106,32 +111,37 @@ class _Writer:
     def save_now(self, key):
         self.drain(key)
         self.deferred.discard(key)
-        self.last_saved[key] = time.monotonic()
+        start = time.monotonic()
         self.guarded(key, self.experiments[key].save)
+        took = time.monotonic() - start
+        # test-tube rewrites the whole CSV, so a save grows with the run: space merged saves
+        # so they take at most SAVE_SHARE of the writer's time (at least SAVE_EVERY_S apart)
+        self.next_save[key] = start + max(SAVE_EVERY_S, took / SAVE_SHARE)
 
     def defer(self, key):
-        """Save ``key`` once SAVE_EVERY_S has passed since its last save (caller holds the
-        lock)."""
-        self.deferred.add(key)
-        self.wake.notify()
+        """Save ``key`` when its next merged save is due (caller holds the lock). The saving thread is woken only for a key not already waiting: each wake-up
+        can displace a training thread on a busy machine."""
+        if key not in self.deferred:
+            self.deferred.add(key)
+            self.wake.notify()
 
     def save_merged(self, key):
-        if time.monotonic() - self.last_saved.get(key, float('-inf')) >= SAVE_EVERY_S:
+        if time.monotonic() >= self.next_save.get(key, float('-inf')):
             self.save_now(key)
         else:
             self.defer(key)
 
     def save_deferred_forever(self):
         """Does the deferred saves when they fall due, sleeping in between: it wakes only
-        when a save is due or newly deferred (a timer ticking 4 times a second displaced a
-        training thread on busy machines, and kept an idle writer awake)."""
+        when a save is due or newly deferred, never while the writer is idle (each wake-up
+        can displace a training thread on a machine whose cores torch keeps busy)."""
         with self.wake:
             while True:
                 if not self.deferred:
                     self.wake.wait()
                     continue
                 now = time.monotonic()
-                due = {k: self.last_saved.get(k, float('-inf')) + SAVE_EVERY_S for k in self.deferred}
+                due = {k: self.next_save.get(k, float('-inf')) for k in self.deferred}
                 for key in [k for k, at in due.items() if at <= now]:
                     self.save_now(key)
                 pending = [at for k, at in due.items() if at > now and k in self.deferred]
@@ -141,6 +151,7 @@ class _Writer:
     def close(self, key, want_state=False):
         self.drain(key)
         self.deferred.discard(key)
+        self.next_save.pop(key, None)
         exp = self.experiments.pop(key, None)
         if exp is None:
             return None
@@ -173,6 +184,9 @@ class _Writer:
             exp = self.guarded(key, self.open, key, msg[2])
             if exp is not None:
                 self.experiments[key] = exp
+                # nobody reads the CSV files in a run's first second: the first merged save
+                # waits (a short fit then saves once, at its end)
+                self.next_save[key] = time.monotonic() + SAVE_EVERY_S
             self.reply('opened', key, None if exp is None else (exp.version, len(exp.metrics)))
         elif kind == 'flush':
             if exp is not None:
