@@ -80,6 +80,9 @@ from pytorch_lightning import checkpoint_io  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from pytorch_lightning.data import make_resumable  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loop_overhead import mlp  # noqa: E402
+
 SEED = 1234
 SAVE_TARGET = 1.2
 QUIET = dict(experiment=False, progress_bar=False, print_weights_summary=False,
@@ -100,17 +103,13 @@ def fmt_ms(values):
     return f'{med * 1e3:8.1f} / {mn * 1e3:7.1f}'
 
 
-# ============================================================================ part 1: save
-class MLP(pl.RootModule):
-    def __init__(self, dims, loader):
+# ============================================================================ the models
+class Classifier(pl.RootModule):
+    """``net`` trained with cross-entropy and Adam(``lr``) on ``tng_dataloader``; no validation."""
+
+    def __init__(self, net, lr):
         super().__init__()
-        layers = []
-        for i in range(len(dims) - 1):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < len(dims) - 2:
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
-        self._loader = loader
+        self.net, self.lr = net, lr
 
     def forward(self, x):
         return self.net(x)
@@ -120,7 +119,14 @@ class MLP(pl.RootModule):
         return F.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-4)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+# ============================================================================ part 1: save
+class MLP(Classifier):
+    def __init__(self, dims, loader):
+        super().__init__(mlp(dims), lr=1e-4)
+        self._loader = loader
 
     @property
     def tng_dataloader(self):
@@ -465,22 +471,11 @@ def bench_loader(n_items, skips, rounds, cost_us):
 
 
 # ============================================================================ part 3: e2e
-class SlowModel(pl.RootModule):
+class SlowModel(Classifier):
     def __init__(self, dataset, loader_cls=DataLoader):
-        super().__init__()
         torch.manual_seed(SEED)
-        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+        super().__init__(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2)), lr=1e-3)
         self.dataset, self.loader_cls = dataset, loader_cls
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, data_batch, batch_nb):
-        x, y = data_batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     @property
     def tng_dataloader(self):

@@ -85,18 +85,24 @@ VARIANTS = {
 
 
 # ---------------------------------------------------------------------------- the work
+def mlp(dims):
+    """``nn.Sequential`` of Linear layers through ``dims``, ReLU between them (shared by the
+    benchmark scripts)."""
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 class MLP(pl.RootModule):
     """Linear/ReLU stack. The training step returns the bare loss (no extra metrics), so the
     Trainer has exactly the work of the hand loop plus its own bookkeeping."""
 
     def __init__(self, dims, train_loader, val_loader, lr=1e-3):
         super().__init__()
-        layers = []
-        for i in range(len(dims) - 1):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < len(dims) - 2:
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(dims)
         self._train_loader, self._val_loader, self.lr = train_loader, val_loader, lr
 
     def forward(self, x):

@@ -257,8 +257,7 @@ class TestTubeLogger:
         if durable:
             rows = self.flush()
         else:
-            self._ensure_open()
-            self._save_asked = True
+            self.save()
             self._send_rows()  # now, not with the next batch: the count covers them
             self._await_open()  # the version and starting row count (long answered)
             rows = self._rows_at_open + self._rows_logged
