@@ -46,3 +46,38 @@ def read_tags_csv(path):
     values parsed back into Python numbers, bools, None, lists where they look like them."""
     with open(path, newline='') as f:
         return {row['key']: _parse_tag(row['value']) for row in csv.DictReader(f)}
+
+
+# (temporary until the typed-hparams branch lands: same interface)
+HPARAMS_FILE = 'hparams.json'
+
+
+def typed_hparams(hparams):
+    import json
+    container = 'dict' if isinstance(hparams, dict) else 'namespace'
+    values = json.loads(json.dumps(hparams_to_dict(hparams), default=str))
+    return {'container': container, 'values': values}
+
+
+def hparams_from_typed(record):
+    values = dict(record['values'])
+    return values if record['container'] == 'dict' else argparse.Namespace(**values)
+
+
+def save_hparams_file(folder, hparams):
+    import json
+    import os
+    path = os.path.join(folder, HPARAMS_FILE)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(typed_hparams(hparams), f)
+    os.replace(path + '.tmp', path)
+
+
+def load_hparams_file(folder):
+    import json
+    import os
+    try:
+        with open(os.path.join(folder, HPARAMS_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

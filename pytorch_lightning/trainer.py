@@ -24,7 +24,7 @@ from .optim import normalize_optimizers
 from .placement import CPUPlacement, Placement
 from .state import TrainerState
 from .utilities import numbers_only, to_number
-from .utilities.slurm import slurm_job_id
+from .utilities.slurm import Terminated, TerminationGuard, slurm_job_id
 
 _EMPTY = {}
 
@@ -72,7 +72,7 @@ class Trainer(CheckpointingMixin):
                 if state.should_stop and epoch + 1 >= min_nb_epochs: stop
             callbacks.on_fit_end                              # final log save
         on an exception: callbacks.on_exception(error), then re-raise (SLURM preemption:
-        exit status 0)
+        exit status 0; SIGTERM: the process then dies of the signal)
 
     Resuming (``resume_from_checkpoint``, or the newest ``hpc_ckpt_<n>.ckpt`` found at start)
     restores every part after ``configure_optimizers``, runs the sanity check, then continues
@@ -122,6 +122,8 @@ class Trainer(CheckpointingMixin):
         self.user_callbacks = list(callbacks or [])
         self.resume_from_checkpoint = resume_from_checkpoint
 
+        self._experiment_arg = experiment
+        self._fits = 0
         self.logger = self._build_logger(experiment)
         self.checkpoint_callback = checkpoint_callback
         if checkpoint_callback is None:
@@ -203,14 +205,14 @@ class Trainer(CheckpointingMixin):
         return hparams_to_dict(getattr(self.module, 'hparams', None))
 
     # ------------------------------------------------------------------ setup
-    def _build_logger(self, experiment):
+    def _build_logger(self, experiment, first_fit=True):
         if experiment is False:
             return None
         from .loggers import TestTubeLogger
         if isinstance(experiment, TestTubeLogger):
             return experiment
         if experiment is None:  # under SLURM the version is the job id, so a requeue finds it
-            job = slurm_job_id()
+            job = slurm_job_id() if first_fit else None
             version = int(job) if job and job.isdigit() else None
             return TestTubeLogger(save_dir=self.default_save_path, name='lightning_logs',
                                   version=version)
@@ -317,10 +319,15 @@ class Trainer(CheckpointingMixin):
         first batch. Logs are saved even when training raises. Under SLURM, SIGUSR1 ends
         the process with exit code 0 after writing an HPC checkpoint and requeueing."""
         self.state = TrainerState()  # each fit runs its epochs from the start (or the checkpoint)
+        self._fits += 1
+        if self._fits > 1:
+            self._start_new_run()
         self._setup_fit(model)
-        self._restore_if_asked()
         hooks = self._hooks
+        hooks.call('on_fit_setup')  # callbacks reset; a checkpoint restores them next
+        self._restore_if_asked()
         self._preemption = self._install_preemption()
+        termination = TerminationGuard().install()
         try:
             if self.print_weights_summary:
                 model.summarize()
@@ -336,11 +343,31 @@ class Trainer(CheckpointingMixin):
             raise SystemExit(0)
         except BaseException as err:
             self._close_after_failure(err)
+            if isinstance(err, Terminated):  # logs and checkpoints are saved: now die of it
+                termination.die()
             raise
         finally:
+            termination.uninstall()
             if self._preemption is not None:
                 self._preemption.uninstall()
                 self._preemption = None
+
+    def _start_new_run(self):
+        """A second ``fit`` on this Trainer is a new run: a new log version (default logger)
+        and nothing left over from the last run's metrics."""
+        if self.logger is not None:
+            if self._experiment_arg is None:
+                self.logger = self._build_logger(None, first_fit=False)
+            elif self.resume_from_checkpoint is None:
+                raise MisconfigurationException(
+                    f"fit() was called again on a Trainer that logs into one fixed version "
+                    f"({self.logger.log_dir}); a second run would mix its rows with the "
+                    f"first's. Use a new Trainer with another Experiment (or experiment=None "
+                    f"for the next free version each fit), or pass resume_from_checkpoint= "
+                    f"to continue the first run.")
+        self.val_metrics, self._test_metrics = {}, {}
+        self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
+        self._recent_losses.clear()
 
     def _close_after_failure(self, err):
         """Every callback's ``on_exception`` (the bar closes, the logs are saved), then the

@@ -20,10 +20,14 @@ class Monitor:
                 f"or 'auto' (max for names containing 'acc', min otherwise).")
         self.owner, self.key, self.min_delta = owner, key, abs(min_delta)
         self.trainer_arg, self.off_notice = trainer_arg, off_notice
-        self.mode = mode
+        self.mode = self._initial_mode = mode
         self.required = True
         self.disabled = False
         self._announced = False
+
+    def reset(self):
+        """Forget what the last fit found out (inferred mode, a missing key)."""
+        self.mode, self.disabled = self._initial_mode, False
 
     def resolve_mode(self):
         if self.mode == 'auto':

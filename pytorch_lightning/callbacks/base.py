@@ -3,7 +3,7 @@
 #: Every hook a callback can implement. Each receives ``(trainer, module)`` first, then the
 #: arguments named in docs/callbacks.md.
 CALLBACK_HOOKS = (
-    'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
+    'on_fit_setup', 'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
     'on_after_backward', 'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
     'on_validation_batch_end', 'on_validation_end', 'on_post_performance_check',
     'on_epoch_end', 'on_save_point', 'on_test_end', 'on_fit_end', 'on_exception',
@@ -24,8 +24,13 @@ class Callback:
         """Key of this callback's state inside checkpoints (class name by default)."""
         return type(self).__qualname__
 
+    def on_fit_setup(self, trainer, module):
+        """At the start of every ``fit``, after the module's optimizers and loaders are read
+        and before a checkpoint is restored: reset what a previous fit left (each fit is a
+        new run; a resumed one gets its state back from ``load_state_dict`` right after)."""
+
     def on_fit_start(self, trainer, module):
-        """Once, after setup and before the sanity check."""
+        """Once per fit, after setup and any restore, before the sanity check."""
 
     def on_sanity_check_start(self, trainer, module):
         """Before the sanity validation run."""

@@ -16,6 +16,10 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch = None
 
+    def on_fit_setup(self, trainer, module):
+        self.best, self.wait, self.stopped_epoch = None, 0, None
+        self.monitor.reset()
+
     def on_validation_end(self, trainer, module, metrics):
         value = self.monitor.read(metrics)
         if value is None:

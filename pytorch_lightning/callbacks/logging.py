@@ -7,11 +7,12 @@ from .base import Callback
 
 
 class MetricsLogging(Callback):
-    """A metrics row every ``row_interval`` training batches and after each validation (its
-    TensorBoard step is the number of training batches seen, so a resume can hide exactly the
-    rows logged after the checkpoint);
-    ``logger.save()`` every ``save_interval`` batches and when fit ends.
-    With ``grad_norm_type > 0`` each training row also carries the gradient norms."""
+    """A metrics row every ``row_interval`` training batches, after each validation and after
+    ``test()``; ``logger.save()`` every ``save_interval`` batches; ``logger.finalize()`` when
+    fit ends. Every row carries ``epoch`` and ``global_step`` (optimizer steps); its step,
+    passed as ``log_metrics(row, step)``, is the number of training batches seen
+    (``state.total_batches``), so a resume can hide exactly the rows logged after the
+    checkpoint. With ``grad_norm_type > 0`` each training row also carries the gradient norms."""
 
     def __init__(self, logger, row_interval=10, save_interval=100, grad_norm_type=-1):
         self.logger = logger
@@ -25,7 +26,13 @@ class MetricsLogging(Callback):
             self.skip_hooks = frozenset({'on_after_backward'})
 
     def on_fit_start(self, trainer, module):
-        self.logger.log_hyperparams(trainer.hparams_dict())
+        self.logger.log_hyperparams(getattr(module, 'hparams', None))
+
+    def _log(self, trainer, row):
+        state = trainer.state
+        row['epoch'] = state.epoch
+        row['global_step'] = state.global_step
+        self.logger.log_metrics(row, state.total_batches)
 
     def on_after_backward(self, trainer, module):
         if self._until_row == 1:
@@ -37,23 +44,20 @@ class MetricsLogging(Callback):
             self._until_row = self.row_interval
             row = numbers_only(trainer.last_log)
             row['loss'] = trainer.last_loss_value()
-            row['epoch'] = trainer.state.epoch
             if self._grad_norms:
                 row.update(self._grad_norms)
                 self._grad_norms = {}
-            self.logger.log_metrics(row, trainer.state.total_batches)
+            self._log(trainer, row)
         self._until_save -= 1
         if self._until_save == 0:
             self._until_save = self.save_interval
             self.logger.save()
 
     def on_validation_end(self, trainer, module, metrics):
-        row = numbers_only(metrics)
-        row['epoch'] = trainer.state.epoch
-        self.logger.log_metrics(row, trainer.state.total_batches)
+        self._log(trainer, numbers_only(metrics))
 
     def on_test_end(self, trainer, module, metrics):
-        self.logger.log_metrics(numbers_only(metrics), trainer.state.total_batches)
+        self._log(trainer, numbers_only(metrics))
         self.logger.save()
 
     def on_fit_end(self, trainer, module):

@@ -39,6 +39,7 @@ class ModelCheckpoint(Callback):
             raise MisconfigurationException(
                 f"ModelCheckpoint(every_n_steps={every_n_steps!r}): expected None or an int >= 1.")
         self.filepath = None if filepath is None else os.fspath(filepath)
+        self._default_folder = filepath is None
         self.monitor = Monitor('ModelCheckpoint', monitor, mode, trainer_arg='checkpoint_callback',
                                off_notice='keeps no best checkpoint (last.ckpt is still written)')
         self.save_best_only, self.period, self.prefix = save_best_only, period, prefix
@@ -49,6 +50,15 @@ class ModelCheckpoint(Callback):
         self._want_last = False
         self._last_step_saved = 0
         self._last_batches_saved = -1
+
+    def on_fit_setup(self, trainer, module):
+        """Each fit is a new run: no best yet, and the default folder is the new run's."""
+        if self._default_folder:
+            self.filepath = None
+        self.best = self.best_path = self._want_best = None
+        self._want_last = False
+        self._last_step_saved, self._last_batches_saved = 0, -1
+        self.monitor.reset()
 
     def _folder(self, trainer):
         if self.filepath is None:  # resolved at the first save: fit start never waits for it

@@ -1,108 +1,214 @@
-"""The test-tube adapter: every ``Experiment`` write happens in a writer process.
+"""The test-tube adapter: a test-tube ``Experiment`` written by one thread of this process.
 
-Why a process: on a CPU a test-tube ``log()`` costs ~150 us (TensorBoard scalars) and ``save()``
-rewrites whole CSV files (several ms, growing with the run). A thread does not help because of
-the GIL (measured: no gain). So rows are pickled (~5 us) into a pipe and one long-lived writer
-process per Python session (``_writer.py``) does the work on another core. Replies are awaited
-only at ``flush``/``finalize``. The pipe's buffer bounds how far the writer can fall behind:
-when it is full, the training thread waits (back-pressure, nothing dropped).
+The training thread only appends rows to a list (about a microsecond). A writer thread hands
+them to test-tube in bursts, at most about once per second, and saves (test-tube rewrites
+``metrics.csv`` and flushes TensorBoard). It also does the slow start: importing test-tube
+and opening the experiment, so the first batches never wait for it.
+
+Rows logged but not yet saved travel inside every checkpoint (``state_dict``), so a run
+killed at any moment and resumed from a checkpoint has exactly the rows of an
+uninterrupted run. A hard kill without a resume loses at most the rows of the last second.
+
+The version folder is held by a lock file (``.lightning.lock``: host, pid and the process's
+start time). A lock whose owner has finished or died never blocks a later run; two live runs
+that share one folder get a ``MisconfigurationException``.
 """
 import atexit
-import io
+import contextlib
+import csv
+import datetime
+import json
 import os
-import pickle
-import subprocess
-import sys
+import socket
 import threading
 import time
+import traceback
+import weakref
 
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
-#: Rows wait at most this long in the training process before going to the writer together.
-#: Every send wakes the writer, and on a machine whose cores torch keeps busy each wake-up
-#: displaces a training thread: measured (tiny MLP, 2 cores, ~1 s fits) the training thread
-#: waited 11.6 ms per fit for a core at 0.1 s, 4.7 ms at 0.5 s, 6.6 ms at 1.0 s. The writer
-#: holds rows until its next save (at most one per second) anyway, so 0.5 s delays nothing a
-#: reader sees; a hard kill of the training process loses at most the last 0.5 s of rows.
-ROW_BATCH_S = 0.5
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ..exceptions import MisconfigurationException
+from ..hparams import hparams_to_dict, load_hparams_file, save_hparams_file
+
+#: The writer thread hands rows to test-tube and saves at most this often...
+SAVE_EVERY_S = 1.0
+#: ... and, for long runs whose CSV rewrite gets slow (test-tube rewrites the whole file), at
+#: most this share of the time goes to saves: a 0.5 s rewrite then runs every 10 s.
+SAVE_SHARE = 0.05
+#: Longest wait for the writer (opening, a save, stopping). Nothing in logging waits longer.
+WAIT_TIMEOUT_S = 120.0
+#: The lock's owner touches the lock file this often, so another host can tell it is alive.
+HEARTBEAT_S = 30.0
+#: A lock written on another host and not touched for this long belongs to a dead run.
+STALE_AFTER_S = 4 * HEARTBEAT_S
+LOCK_NAME = '.lightning.lock'
+#: Columns written to metrics.csv only, never as TensorBoard scalars.
+CSV_ONLY = frozenset({'step', 'global_step', 'created_at'})
+
+_open_loggers = weakref.WeakSet()
 
 
 class LoggerError(RuntimeError):
-    """The writer process failed; the message carries its traceback."""
+    """Writing the logs failed; the message carries test-tube's traceback."""
 
 
-class _WriterService:
-    """One writer process shared by every logger of this Python process."""
+# ------------------------------------------------------------------------------ helpers
+def _process_start(pid):
+    """The start time of process ``pid`` (clock ticks after boot), ``None`` where unknown:
+    with the pid it tells a live owner from a new process that reuses a dead one's pid."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return int(f.read().rsplit(')', 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
-    _instance = None
-    _lock = threading.Lock()
 
-    @classmethod
-    def get(cls):
-        with cls._lock:
-            inst = cls._instance
-            if inst is None or inst.proc.poll() is not None or inst.pid != os.getpid():
-                inst = cls._instance = cls()
-            return inst
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self):
-        env = dict(os.environ)
-        env['PYTHONPATH'] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get('PYTHONPATH')) if p)
-        self.pid = os.getpid()
-        self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'pytorch_lightning.loggers._writer'],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
-            # its own process group: a Ctrl-C in the terminal interrupts training, not the
-            # writer, which still has rows to save (it exits when this process closes the pipe)
-            start_new_session=True)
-        # buffered ends: a raw pipe may read or write only part of a large message
-        self._requests = io.BufferedWriter(self.proc.stdin)
-        self._replies = io.BufferedReader(self.proc.stdout)
-        self._pending = {}
-        atexit.register(self.shutdown)
 
-    def send(self, msg):
+def _parse_cell(text):
+    """A metrics.csv cell back as the int, float or string it was written from."""
+    for kind in (int, float):
         try:
-            self._requests.write(pickle.dumps(msg, _PROTOCOL))
-            self._requests.flush()
-        except (BrokenPipeError, OSError) as err:
-            raise LoggerError(
-                f"the log-writer process exited (code {self.proc.poll()}); see its error "
-                f"output above. Logging cannot continue.") from err
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
-    def await_reply(self, kind, key):
-        """Block until the reply ``(kind, key)`` arrives; return its payload."""
-        while (kind, key) not in self._pending:
+
+def read_metrics_csv(path):
+    """The rows of a ``metrics.csv`` as dicts, numbers as ints or floats as written (pandas,
+    which test-tube reads with, turns an int column into floats). Empty cells are dropped."""
+    try:
+        with open(path, newline='') as f:
+            return [{k: _parse_cell(v) for k, v in row.items() if v != ''}
+                    for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+
+
+def next_free_version(root):
+    """Create ``root/version_<n>`` for the next free ``n`` and return ``n``. ``os.mkdir``
+    fails when the folder exists, so two runs starting at once never share a version."""
+    os.makedirs(root, exist_ok=True)
+    taken = [int(d[len('version_'):]) for d in os.listdir(root)
+             if d.startswith('version_') and d[len('version_'):].isdigit()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            os.mkdir(os.path.join(root, f'version_{version}'))
+            return version
+        except FileExistsError:
+            version += 1
+
+
+class FolderLock:
+    """``folder/.lightning.lock`` names the live run that writes ``folder``."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.held = False
+
+    def acquire(self):
+        me = {'host': socket.gethostname(), 'pid': os.getpid(),
+              'start': _process_start(os.getpid()), 'since': time.time()}
+        tmp = f'{self.path}.{os.getpid()}.{threading.get_ident()}.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(me, f)
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)  # fails if it exists; never a half-written lock
+                    self.held = True
+                    return
+                except FileExistsError:
+                    owner = self._owner()
+                    if owner is not None and not self._stale(owner):
+                        raise MisconfigurationException(
+                            f"the log folder {os.path.dirname(self.path)!r} is in use by a "
+                            f"live run (pid {owner.get('pid')} on {owner.get('host')}, since "
+                            f"{time.ctime(owner.get('since', 0))}). Two runs cannot write one "
+                            f"version: give this run another version (Experiment(version=...)"
+                            f" or experiment=None for the next free one), or wait for the "
+                            f"other run to end.")
+                    try:
+                        os.remove(self.path)  # its owner is gone
+                    except FileNotFoundError:
+                        pass
+            raise MisconfigurationException(
+                f"could not take the log folder lock {self.path!r}: other runs keep taking "
+                f"it. Give this run its own version.")
+        finally:
+            os.remove(tmp)
+
+    def _owner(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable: judged by its age below
+
+    def _stale(self, owner):
+        if owner.get('host') == socket.gethostname() and 'pid' in owner:
+            pid = owner['pid']
+            if not _pid_alive(pid):
+                return True
+            start = _process_start(pid)
+            return start is not None and owner.get('start') is not None and start != owner['start']
+        try:  # another host (or unreadable): alive while it keeps touching the file
+            return time.time() - os.path.getmtime(self.path) > STALE_AFTER_S
+        except FileNotFoundError:
+            return True
+
+    def touch(self):
+        if self.held:
+            os.utime(self.path)
+
+    def release(self):
+        if self.held:
+            self.held = False
             try:
-                got = pickle.load(self._replies)
-            except EOFError as err:
-                raise LoggerError(
-                    f"the log-writer process exited (code {self.proc.wait()}) before answering "
-                    f"{kind!r} for {key!r}; see its error output above.") from err
-            self._pending[(got[0], got[1])] = got[2:]
-        payload, error = self._pending.pop((kind, key))
-        if error:
-            raise LoggerError(f"test-tube failed while writing {key!r}:\n{error}")
-        return payload
-
-    def shutdown(self):
-        if self.proc.poll() is None and self.pid == os.getpid():
-            try:
-                self.send(('exit',))
-                self._requests.close()
-            except LoggerError:
-                pass  # already gone: nothing left to flush
-            self.proc.wait(timeout=300)
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
 
 
+def _repair_after_kill(folder):
+    """A run killed while test-tube was creating or saving ``folder`` can leave an empty
+    ``meta.experiment`` or no ``meta_tags.csv``; test-tube then refuses the folder. Both are
+    rewritten at the next save, so an empty one is removed and a missing one started."""
+    meta = os.path.join(folder, 'meta.experiment')
+    if os.path.exists(meta) and os.path.getsize(meta) == 0:
+        os.remove(meta)
+    tags = os.path.join(folder, 'meta_tags.csv')
+    if os.path.exists(meta) and not os.path.exists(tags):
+        with open(tags, 'w') as f:
+            f.write('key,value\n')
+
+
+def _created_at(walltime):
+    """test-tube's ``created_at`` format (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    stamp = datetime.datetime.fromtimestamp(walltime, datetime.timezone.utc)
+    return str(stamp.replace(tzinfo=None))
+
+
+# ------------------------------------------------------------------------------ the logger
 class TestTubeLogger:
-    """Logs to a test-tube ``Experiment`` at ``save_dir/name/version_<n>`` (metrics.csv,
-    meta_tags.csv and TensorBoard files under ``tf/``).
+    """Logs to a test-tube ``Experiment`` at ``save_dir/name/version_<n>``: ``metrics.csv``,
+    ``meta_tags.csv``, ``hparams.json`` (the typed hyperparameters) and TensorBoard files
+    under ``tf/``.
 
-    ``experiment``: an existing ``test_tube.Experiment`` to write into instead. While a fit
-    runs, its ``log``/``tag``/``save`` are routed through the writer (so rows stay in order)
-    and on ``finalize`` its in-memory ``metrics``/``tags`` are refreshed from what was written.
-    With ``version=None`` the next free version is used.
+    ``experiment``: an existing ``test_tube.Experiment`` to write into instead. While the
+    logger is open, the experiment's own ``log``/``tag``/``save`` go through the logger (so
+    rows stay in order and are written off the training thread); ``finalize`` gives them back.
+    ``version=None``: the next free version, taken when the logger first opens.
     """
 
     __test__ = False  # not a pytest test class
@@ -113,63 +219,43 @@ class TestTubeLogger:
             save_dir = experiment.save_dir
             name, version = experiment.name, experiment.version
             description, debug = experiment.description, experiment.debug
-        self.save_dir = save_dir
+        self.save_dir = None if save_dir is None else os.fspath(save_dir)
         self.name = name
         self._version = version
         self.description = description
         self.debug = debug
         self.user_experiment = experiment
-        self._service = None
-        self._key = None
-        self._open_acknowledged = False
+        self._exp = None                # the Experiment the writer thread writes
+        self._thread = None             # the writer thread while open
+        self._lock = None               # FolderLock while open
+        self._resume = None             # a checkpoint's state, applied at the next open
         self._tagged = False
-        self._resume = None  # (rows to keep, TensorBoard purge step) for the next open
-        self._rows, self._send_rows_at = [], 0.0  # rows not yet sent to the writer
-        self._save_asked = False  # a save() waiting to go out with the next rows
-        # rows the experiment holds = rows it had when opened (after a resume's truncation)
-        # + rows logged since; counted here so a checkpoint need not wait for the writer
-        self._rows_at_open, self._rows_logged, self._truncate_to = None, 0, None
+        self._pending_tags = []         # tags waiting for the writer
+        # every row since the logger opened: (row, step, walltime); the writer hands
+        # rows[handed:] to test-tube; rows[:saved - rows_at_open] are on disk
+        self._rows, self._handed = [], 0
+        self._rows_at_open, self._saved = 0, 0
+        self._save_wanted = False
+        self._error = None
+        self._ready = threading.Event()
+        self._exp_lock = threading.Lock()       # held while test-tube is called
+        self._wake = threading.Condition()      # wakes the writer to stop
+        self._stopping = False
+        self._next_save = 0.0
 
-    # -------------------------------------------------------------- lifecycle
-    def _ensure_open(self):
-        if self._service is not None:
-            return
-        exp = self.user_experiment
-        if exp is not None and not exp.debug:
-            exp.save()  # so the writer's Experiment can load this version from disk
-        self._service = _WriterService.get()
-        self._open_acknowledged = False
-        self._key = f'{id(self)}:{self.save_dir}:{self.name}'
-        kwargs = dict(save_dir=self.save_dir, name=self.name, version=self._version,
-                      description=self.description, debug=self.debug)
-        resume, self._resume = self._resume, None
-        self._rows_at_open, self._rows_logged = None, 0
-        self._truncate_to = None if resume is None else resume[0]
-        if resume is not None:
-            kwargs['purge_step'] = resume[1]  # TensorBoard hides events from the killed run
-        self._service.send(('open', self._key, kwargs))
-        if resume is not None:
-            self._service.send(('truncate', self._key, resume[0]))
-        if exp is not None:  # route the user's own calls through the writer while open
-            exp.log, exp.tag, exp.save = self.log, self.tag, self.save
-
-    def _await_open(self, service=None):
-        if not self._open_acknowledged:
-            self._open_acknowledged = True
-            opened = (service or self._service).await_reply('opened', self._key)
-            if opened is not None:
-                self._version, rows = opened
-                if self._truncate_to is not None:
-                    rows = min(rows, self._truncate_to)
-                self._rows_at_open = rows
-
+    # -------------------------------------------------------------- identity
     @property
     def version(self):
-        """The experiment version number (waits for the writer to open it)."""
+        """The version number (the next free one is taken now if none was given)."""
         if self._version is None:
-            self._ensure_open()
-            self._await_open()
+            self._version = next_free_version(os.path.join(self._parent(), self.name))
         return self._version
+
+    def _parent(self):
+        if self.save_dir is None:  # test-tube's own data folder
+            import test_tube.log
+            return os.path.join(os.path.dirname(test_tube.log.__file__), 'test_tube_data')
+        return self.save_dir
 
     @property
     def experiment(self):
@@ -178,119 +264,304 @@ class TestTubeLogger:
 
     def get_data_path(self, name=None, version=None):
         """Folder of this experiment's files (test-tube's layout)."""
-        name = self.name if name is None else name
         version = self.version if version is None else version
-        if self.save_dir is None:
-            import test_tube.log
-            root = os.path.join(os.path.dirname(test_tube.log.__file__), 'test_tube_data')
-        else:
-            root = self.save_dir
-        return os.path.join(root, name, f'version_{version}')
+        return os.path.join(self._parent(), self.name if name is None else name,
+                            f'version_{version}')
 
     @property
     def log_dir(self):
         return self.get_data_path()
 
-    # -------------------------------------------------------------- writes (cheap, async)
-    def log(self, metrics, global_step=None, walltime=None):
-        """Queue one metrics row (numbers only; tensors are converted by the caller).
-        Rows go to the writer in batches at most ``ROW_BATCH_S`` apart (fewer wake-ups of
-        the writer, so it disturbs training less); any other call sends them first."""
-        self._ensure_open()
-        self._rows.append((dict(metrics), global_step))
-        self._rows_logged += 1
-        now = time.monotonic()
-        if now >= self._send_rows_at:
-            self._send_rows_at = now + ROW_BATCH_S
-            self._send_rows()
+    @property
+    def is_open(self):
+        return self._thread is not None
 
-    def _send_rows(self):
-        if self._rows:
-            rows, self._rows = self._rows, []
-            then_save, self._save_asked = self._save_asked, False
-            self._service.send(('rows', self._key, rows, then_save))
-        elif self._save_asked:
-            self._save_asked = False
-            self._service.send(('save', self._key))
+    # -------------------------------------------------------------- opening
+    def _open(self):
+        """Take the version folder and start the writer thread (cheap: the thread imports
+        test-tube and opens the experiment while training goes on)."""
+        if not self.debug:
+            try:
+                folder = self.log_dir
+                os.makedirs(folder, exist_ok=True)
+            except OSError as err:
+                raise LoggerError(
+                    f"cannot create the log folder under {self.save_dir!r} ({err}). Pass a "
+                    f"writable default_save_path (or save_dir), or experiment=False.") from err
+            self._lock = FolderLock(folder)
+            self._lock.acquire()
+        self._rows, self._handed, self._error, self._pending_tags = [], 0, None, []
+        self._stopping, self._ready = False, threading.Event()
+        self._next_save = time.monotonic() + SAVE_EVERY_S  # a short run saves once, at its end
+        exp = self.user_experiment
+        if exp is not None:  # its own calls go through the logger while it is open
+            exp.log, exp.tag, exp.save = self.log, self.tag, self.save
+        _open_loggers.add(self)
+        self._thread = threading.Thread(target=self._serve, name='lightning-log-writer',
+                                        daemon=True)
+        self._thread.start()
+
+    def _open_experiment(self):
+        """(writer thread) The Experiment to write, with the rows a resume keeps."""
+        resume, self._resume = self._resume, None
+        exp, user = self._exp, self.user_experiment
+        self._exp = None  # set again once opened
+        reread = resume is not None
+        if resume is not None or exp is None or exp.version != self.version:
+            exp = user if user is not None and user.version == self.version else None
+            if exp is None and user is not None:
+                print(f"resuming: logging continues in version {self.version} of {self.name!r} "
+                      f"(the checkpoint's), not in version {user.version} of the Experiment "
+                      f"passed in.")
+        if exp is None:
+            from test_tube import Experiment
+            if not self.debug:
+                _repair_after_kill(self.log_dir)
+            # a deep TensorBoard queue: with test-tube's 10, a row's scalars wait for the
+            # event thread
+            exp = Experiment(save_dir=self.save_dir, name=self.name, version=self.version,
+                             description=self.description, debug=self.debug, max_queue=10000,
+                             purge_step=None if resume is None else resume['purge_step'])
+            if exp.debug and not self.debug:
+                raise LoggerError(
+                    f"test-tube could not open {self.log_dir!r}: its meta.experiment or "
+                    f"meta_tags.csv is unreadable. Pick another version or repair the folder.")
+            reread = reread or os.path.exists(os.path.join(self.log_dir, 'metrics.csv'))
+            if not self.debug:
+                type(exp).save(exp)  # the folder is loadable from now on, even after a kill
+        elif resume is not None:  # the user's open Experiment: reopen its TensorBoard file
+            exp.close()            # at the next scalar, hiding the killed run's later events
+            exp.purge_step = resume['purge_step']
+        self._exp = exp
+        if not exp.debug:
+            # test-tube reads metrics.csv and meta_tags.csv with pandas, which turns ints
+            # into floats (or strings): read the rows again, and the tags from the typed copy
+            if reread:
+                exp.metrics = read_metrics_csv(os.path.join(self.log_dir, 'metrics.csv'))
+            typed = load_hparams_file(self.log_dir)
+            for key, value in ({} if typed is None else typed['values']).items():
+                current = exp.tags.get(key, value)
+                if current == value or str(current) == str(value):  # the same, retyped
+                    exp.tags[key] = value
+        if resume is not None:
+            del exp.metrics[resume['saved']:]
+            for row, step, walltime in resume['carried']:  # rows the disk may not have
+                self._hand_over(row, step, walltime)
+            self._save_now()
+        self._rows_at_open = self._saved = len(exp.metrics)
+
+    # -------------------------------------------------------------- the writer thread
+    def _serve(self):
+        try:
+            with self._exp_lock:
+                self._open_experiment()
+        except BaseException as err:  # reported to the training thread at its next call
+            self._error = err
+            return
+        finally:
+            self._ready.set()
+        next_beat = time.monotonic() + HEARTBEAT_S
+        while True:
+            now = time.monotonic()
+            with self._wake:
+                if not self._stopping:
+                    due = self._next_save - now
+                    self._wake.wait(min(max(due, 0.05), HEARTBEAT_S) if due > 0 else SAVE_EVERY_S)
+                if self._stopping:
+                    return
+            now = time.monotonic()
+            try:
+                if (len(self._rows) > self._handed or self._save_wanted) and now >= self._next_save:
+                    with self._exp_lock:
+                        self._drain()
+                        self._save_now()
+                if now >= next_beat and self._lock is not None:
+                    self._lock.touch()
+                    next_beat = now + HEARTBEAT_S
+            except BaseException as err:
+                self._error = err
+                return
+
+    def _hand_over(self, row, step, walltime):
+        """(caller holds ``_exp_lock``) One row to test-tube: scalars to TensorBoard and the
+        CSV; the step columns and the time the row was logged to the CSV only."""
+        exp = self._exp
+        scalars = {k: v for k, v in row.items() if k not in CSV_ONLY}
+        type(exp).log(exp, scalars, step, walltime)
+        if exp.metrics and not exp.debug:
+            extra = {k: v for k, v in row.items() if k in CSV_ONLY}
+            if step is not None:
+                extra['step'] = step
+            extra['created_at'] = _created_at(walltime)
+            exp.metrics[-1].update(extra)
+
+    def _drain(self):
+        """(caller holds ``_exp_lock``) Every tag and row logged so far to test-tube."""
+        while self._pending_tags:
+            type(self._exp).tag(self._exp, self._pending_tags.pop(0))
+        count = len(self._rows)
+        for row, step, walltime in self._rows[self._handed:count]:
+            self._hand_over(row, step, walltime)
+        self._handed = count
+
+    def _save_now(self):
+        """(caller holds ``_exp_lock``) test-tube's save; spaced by its cost."""
+        self._save_wanted = False
+        saved = len(self._exp.metrics)
+        start = time.monotonic()
+        type(self._exp).save(self._exp)
+        self._saved = saved
+        self._next_save = start + max(SAVE_EVERY_S, (time.monotonic() - start) / SAVE_SHARE)
+
+    def _wait_ready(self):
+        if not self._ready.wait(WAIT_TIMEOUT_S):
+            raise LoggerError(f"the log writer did not open {self.log_dir!r} within "
+                              f"{WAIT_TIMEOUT_S:.0f} s (a very slow file system?).")
+        self._raise_error()
+
+    def _raise_error(self):
+        if self._error is not None:
+            err, self._error = self._error, None
+            if isinstance(err, (LoggerError, MisconfigurationException)):
+                raise err
+            text = ''.join(traceback.format_exception(type(err), err, err.__traceback__))
+            raise LoggerError(f"test-tube failed while writing {self.log_dir!r}:\n{text}") from err
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The experiment lock, taken with a timeout (a save holds it for milliseconds)."""
+        if not self._exp_lock.acquire(timeout=WAIT_TIMEOUT_S):
+            raise LoggerError(f"the log writer held {self.log_dir!r} for more than "
+                              f"{WAIT_TIMEOUT_S:.0f} s.")
+        try:
+            yield
+        finally:
+            self._exp_lock.release()
+
+    # -------------------------------------------------------------- writes (cheap)
+    def log(self, metrics, global_step=None, walltime=None):
+        """Queue one metrics row. ``global_step`` is the TensorBoard step and the CSV's
+        ``step`` column. Keys ``step`` and ``global_step`` in ``metrics`` are CSV columns
+        only. The writer thread hands rows to test-tube about once per second."""
+        if self._thread is None:
+            self._open()
+        elif self._error is not None:
+            self._raise_error()
+        self._rows.append((dict(metrics), global_step, time.time() if walltime is None else walltime))
 
     log_metrics = log
 
     def tag(self, tags):
-        """Queue experiment tags (hyperparameters)."""
-        self._ensure_open()
-        self._send_rows()
-        self._service.send(('tag', self._key, dict(tags)))
+        """Add experiment tags (hyperparameters); written with the next save."""
+        if self._thread is None:
+            self._open()
+        self._pending_tags.append(dict(tags))
+        self._save_wanted = True
 
     def log_hyperparams(self, params):
-        """Tag ``params`` once per logger."""
-        if params and not self._tagged:
-            self._tagged = True
-            self.tag(params)
+        """Open the logger (at fit start: a folder in use is reported before the first
+        batch) and tag ``params`` (a Namespace, dict or object) once per logger, with a
+        typed copy in ``hparams.json`` beside ``meta_tags.csv`` (ints stay ints, a dict
+        stays a dict)."""
+        if self._thread is None:
+            self._open()
+        flat = hparams_to_dict(params)
+        if not flat or self._tagged:
+            return
+        self._tagged = True
+        self.tag(flat)
+        if not self.debug:
+            save_hparams_file(self.log_dir, params)
 
     def save(self):
-        """Queue a test-tube ``save()`` (CSV files and TensorBoard flush). While rows are
-        waiting for their batch to go out (at most ``ROW_BATCH_S``), the request goes with
-        them: one pipe write, one wake-up of the writer. The writer merges saves to at most
-        one per second anyway."""
-        self._ensure_open()
-        self._save_asked = True
-        if not self._rows or time.monotonic() >= self._send_rows_at:
-            self._send_rows()
+        """Ask for a save: the writer does it within about a second (merged with others)."""
+        if self._thread is None:
+            self._open()
+        self._save_wanted = True
 
     # -------------------------------------------------------------- synchronous
     def flush(self):
-        """Block until everything queued is on disk; raise ``LoggerError`` if any write
-        failed. Returns the number of metric rows the experiment holds."""
-        self._ensure_open()
-        self._send_rows()
-        self._await_open()
-        self._service.send(('flush', self._key))
-        return self._service.await_reply('flushed', self._key)
+        """Write everything logged so far to disk now; returns the number of rows the
+        experiment holds. Raises ``LoggerError`` if a write failed."""
+        if self._thread is None:
+            return self._saved
+        self._wait_ready()
+        with self._locked():
+            self._drain()
+            self._save_now()
+        return self._saved
+
+    def finalize(self):
+        """Save everything, stop the writer thread and release the folder; a user's
+        Experiment gets its own methods back (and stays open). Logging again afterwards
+        re-opens the same version."""
+        thread = self._thread
+        if thread is None:
+            return
+        exp = self.user_experiment
+        try:
+            with self._wake:
+                self._stopping = True
+                self._wake.notify()
+            thread.join(WAIT_TIMEOUT_S)
+            if thread.is_alive():
+                raise LoggerError(f"the log writer for {self.log_dir!r} did not stop within "
+                                  f"{WAIT_TIMEOUT_S:.0f} s.")
+            self._raise_error()
+            if self._exp is not None:  # None: opening failed, and that error was raised
+                with self._locked():
+                    self._drain()
+                    self._save_now()
+                    if self._exp is not exp:
+                        self._exp.close()
+        finally:
+            self._thread = None
+            if exp is not None:
+                for attr in ('log', 'tag', 'save'):
+                    exp.__dict__.pop(attr, None)
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            _open_loggers.discard(self)
 
     # -------------------------------------------------------------- checkpoints
     def state_dict(self, step, durable=False):
-        """What a checkpoint records: the version, how many metric rows the experiment
-        holds, and the TensorBoard step. The rows are counted here and a save is queued, so
-        the checkpoint does not wait for the writer: if the training process dies, the
-        writer still saves every row it was sent. With ``durable`` (SLURM preemption, where
-        the whole job ends next) it waits until they are on disk."""
+        """What a checkpoint records: the version, the rows the experiment holds, which of
+        them are on disk, the rows that may not be (carried in the checkpoint), and the
+        TensorBoard step. Never waits for a save unless ``durable`` (SLURM preemption)."""
         if durable:
-            rows = self.flush()
-        else:
-            self.save()
-            self._send_rows()  # now, not with the next batch: the count covers them
-            self._await_open()  # the version and starting row count (long answered)
-            rows = self._rows_at_open + self._rows_logged
-        return {'name': self.name, 'version': self.version, 'rows': rows, 'step': step}
+            self.flush()
+        elif self._thread is not None:
+            self._wait_ready()
+        rows = self._rows
+        first = max(0, self._saved - self._rows_at_open)
+        # rows sharing the first carried row's step travel too: a resume hides TensorBoard
+        # events by step, from the first carried one on
+        while 0 < first < len(rows) and rows[first - 1][1] == rows[first][1]:
+            first -= 1
+        carried = [(dict(r), s, t) for r, s, t in rows[first:]]
+        return {'name': self.name, 'version': self.version,
+                'rows': self._rows_at_open + len(rows), 'saved': self._rows_at_open + first,
+                'carried': carried, 'step': step}
 
     def load_state_dict(self, state):
-        """Continue the checkpoint's version: rows after ``state['rows']`` are dropped and
-        TensorBoard events after ``state['step']`` hidden when the experiment next opens."""
+        """Continue the checkpoint's version: at the next open the experiment keeps the rows
+        that were on disk at the checkpoint, gets the carried rows again, and TensorBoard
+        hides the events logged after it."""
         self.finalize()
-        if self.user_experiment is not None and self.user_experiment.version != state['version']:
-            print(f"resuming: logging continues in version {state['version']} of "
-                  f"{self.name!r} (the checkpoint's), not in version "
-                  f"{self.user_experiment.version} of the Experiment passed in.")
         self._version = state['version']
-        self._resume = (state['rows'], state['step'] + 1)
-
-    def finalize(self):
-        """Save, close the writer's Experiment and wait for it; refresh a user Experiment.
-        Logging again afterwards re-opens the same version."""
-        if self._service is None:
-            return
-        exp = self.user_experiment
-        if exp is not None:  # undo the routing first, whatever happens next
-            for attr in ('log', 'tag', 'save'):
-                exp.__dict__.pop(attr, None)
-        self._send_rows()
-        service, key = self._service, self._key
-        self._service = None
-        self._await_open(service)
-        service.send(('close', key, exp is not None))  # rows come back only to refresh exp
-        state = service.await_reply('closed', key)
-        if exp is not None and state is not None:
-            exp.metrics, exp.tags = state['metrics'], state['tags']
+        carried = state.get('carried', [])
+        first_step = next((s for _, s, _ in carried if s is not None), None)
+        self._resume = {'saved': state.get('saved', state['rows']), 'carried': carried,
+                        'purge_step': first_step if first_step is not None else state['step'] + 1}
 
     def __repr__(self):
-        return f'TestTubeLogger(save_dir={self.save_dir!r}, name={self.name!r}, version={self._version!r})'
+        return (f'TestTubeLogger(save_dir={self.save_dir!r}, name={self.name!r}, '
+                f'version={self._version!r})')
+
+
+@atexit.register
+def _finalize_open_loggers():
+    """A logger still open when the interpreter exits saves what it holds."""
+    for logger in list(_open_loggers):
+        logger.finalize()

@@ -43,3 +43,39 @@ def requeue(job_id):
             f"`scontrol requeue {job_id}` failed (exit {result.returncode}): "
             f"{result.stderr.strip() or result.stdout.strip()}. The HPC checkpoint was written; "
             f"resubmit the job to continue from it.")
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived during ``fit`` (raised by ``TerminationGuard`` in the main thread)."""
+
+
+class TerminationGuard:
+    """While installed, SIGTERM raises ``Terminated`` in the main thread, so ``fit`` can save
+    the logs and finish pending checkpoints before the process dies of the signal
+    (``die()``). Installed only over the default handler: a handler of the user's wins."""
+
+    def __init__(self):
+        self._installed = False
+
+    def install(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    @staticmethod
+    def _handle(signum, frame):
+        raise Terminated('SIGTERM')
+
+    def uninstall(self):
+        # requeue() may have set SIG_IGN meanwhile: only our own handler is undone
+        if self._installed and signal.getsignal(signal.SIGTERM) == self._handle:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self._installed = False
+
+    def die(self):
+        """End the process by SIGTERM, as it would have without the guard."""
+        self.uninstall()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
