@@ -23,7 +23,7 @@ from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
 from .placement import CPUPlacement, Placement
 from .state import TrainerState
-from .utilities import numbers_only, to_number
+from .utilities import StepOutputs, batch_size_of, numbers_only, to_number
 from .utilities.slurm import slurm_job_id
 
 _EMPTY = {}
@@ -123,6 +123,7 @@ class Trainer(CheckpointingMixin):
         self.resume_from_checkpoint = resume_from_checkpoint
 
         self.logger = self._build_logger(experiment)
+        self._logs_in_save_path = experiment is None  # the default logger writes there
         self.checkpoint_callback = checkpoint_callback
         if checkpoint_callback is None:
             self.checkpoint_callback = ModelCheckpoint(filepath=None)
@@ -245,6 +246,22 @@ class Trainer(CheckpointingMixin):
         self._active_callbacks = self.checkpointed_callbacks = self._callbacks()
         self._hooks = HookDispatcher(self, model, self._active_callbacks)
 
+    def _check_output_folders(self):
+        """Before the first batch, the folders this fit will write into that are known now:
+        each explicit ``ModelCheckpoint(filepath=...)``, and ``default_save_path`` when the
+        default logger or (without a logger) the default checkpoint folder lies under it. A
+        custom logger's folder is the logger's to check."""
+        checkpoints = [cb for cb in self._active_callbacks if isinstance(cb, ModelCheckpoint)]
+        for cb in checkpoints:
+            if cb.filepath is not None:
+                checks.check_writable_folder(cb.filepath,
+                                             f'ModelCheckpoint(filepath={cb.filepath!r})')
+        default_folder_used = slurm_job_id() is not None or any(cb.filepath is None
+                                                                for cb in checkpoints)
+        if self._logs_in_save_path or (self.logger is None and default_folder_used):
+            checks.check_writable_folder(
+                self.default_save_path, f'Trainer(default_save_path={self.default_save_path!r})')
+
     def _batch_limit(self, loader, percent, name):
         if self.fast_dev_run:
             return 1
@@ -319,6 +336,7 @@ class Trainer(CheckpointingMixin):
         self.state = TrainerState()  # each fit runs its epochs from the start (or the checkpoint)
         self._setup_fit(model)
         self._restore_if_asked()
+        self._check_output_folders()
         hooks = self._hooks
         self._preemption = self._install_preemption()
         try:
@@ -336,11 +354,26 @@ class Trainer(CheckpointingMixin):
             raise SystemExit(0)
         except BaseException as err:
             self._close_after_failure(err)
+            if isinstance(err, KeyboardInterrupt):
+                self._print_resume_hint()
             raise
         finally:
             if self._preemption is not None:
                 self._preemption.uninstall()
                 self._preemption = None
+
+    def _print_resume_hint(self):
+        """After Ctrl-C (pending saves done): where the newest checkpoint is, and the
+        argument that resumes from it. Printed to stderr, just above the traceback."""
+        paths = [cb.last_path for cb in self._active_callbacks
+                 if isinstance(cb, ModelCheckpoint) and cb.last_path is not None]
+        paths = [path for path in paths if os.path.isfile(path)]
+        if not paths:
+            print('Interrupted. No checkpoint was written in this run.', file=sys.stderr)
+            return
+        path = max(paths, key=os.path.getmtime)  # the newest, with several ModelCheckpoints
+        print(f'Interrupted. The last checkpoint is {path}; resume with '
+              f'Trainer(resume_from_checkpoint={path!r})', file=sys.stderr)
 
     def _close_after_failure(self, err):
         """Every callback's ``on_exception`` (the bar closes, the logs are saved), then the
@@ -502,8 +535,8 @@ class Trainer(CheckpointingMixin):
                 self._window = acc if acc == 1 or nb is None else min(acc, nb - batch_idx)
             window = self._window
             completes = state.accumulation_position + 1 == window
-            if multi:
-                merged_prog = {}
+            if multi:  # every optimizer's dicts count; on a shared name the last one wins
+                merged_prog, merged_log = {}, {}
                 for opt_i, optimizer in enumerate(optimizers):
                     frozen = self._freeze_other_params(opt_i)
                     try:
@@ -512,9 +545,10 @@ class Trainer(CheckpointingMixin):
                         for param in frozen:
                             param.requires_grad_(True)
                     merged_prog.update(prog)
+                    merged_log.update(log)
                     if completes:
                         optimizer_step(epoch, batch_idx, optimizer, opt_i)
-                prog = merged_prog
+                prog, log = merged_prog, merged_log
             else:
                 loss, prog, log = step_one(batch, batch_idx, 0, window)
                 if completes:
@@ -608,7 +642,7 @@ class Trainer(CheckpointingMixin):
         loss_key = 'test_loss' if testing else 'val_loss'
         was_training = module.training
         module.eval()
-        outputs = []
+        outputs = StepOutputs()  # batch sizes let the default *_end weight each batch's mean
         with torch.no_grad():
             batches = loader if limit is None else itertools.islice(loader, limit)
             for batch_idx, batch in enumerate(batches):
@@ -619,6 +653,8 @@ class Trainer(CheckpointingMixin):
                     loss, out = out[0], dict(out[1])
                     out.setdefault(loss_key, loss)
                 outputs.append(out)
+                size = batch_size_of(batch)
+                outputs.batch_sizes.append(1 if size is None else size)
                 for fn in batch_end:
                     fn()
             end_name = f'{kind}_end'
