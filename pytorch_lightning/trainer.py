@@ -37,6 +37,7 @@ class Trainer(CheckpointingMixin):
         fit(model):
             check arguments and the module's contract         # MisconfigurationException
             configure_optimizers(); read the dataloaders once
+            restore a checkpoint if asked; check the output folders are writable
             model.summarize() if print_weights_summary; callbacks.on_fit_start
             if val data and nb_sanity_val_steps:              # sanity check, metrics discarded
                 on_sanity_check_start
@@ -71,7 +72,8 @@ class Trainer(CheckpointingMixin):
                 callbacks.on_save_point
                 if state.should_stop and epoch + 1 >= min_nb_epochs: stop
             callbacks.on_fit_end                              # final log save
-        on an exception: callbacks.on_exception(error), then re-raise (SLURM preemption:
+        on an exception: callbacks.on_exception(error); on Ctrl-C print the newest
+        checkpoint and the argument that resumes from it; re-raise (SLURM preemption:
         exit status 0)
 
     Resuming (``resume_from_checkpoint``, or the newest ``hpc_ckpt_<n>.ckpt`` found at start)

@@ -69,13 +69,12 @@ class ProgressBar(Callback):
             self._draw(trainer, time.perf_counter())
 
     def on_fit_end(self, trainer, module):
-        bar, self._bar = self._bar, None
+        bar = self._bar
         if bar is None:  # fit ended before the first epoch
             return
         if self._stale:
-            self._bar = bar
             self._draw(trainer, time.perf_counter())
-            self._bar = None
+        self._bar = None
         if self.position == 0:
             # The final state is on this line now; tqdm's close() would draw it once more (a
             # repeated line in a log file). Its display() writes through the status printer
