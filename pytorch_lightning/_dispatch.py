@@ -10,10 +10,13 @@ from .callbacks.base import CALLBACK_HOOKS, Callback
 from .exceptions import MisconfigurationException
 from .module import HOOKS as MODULE_HOOKS
 from .module import RootModule
-from .utilities import accepts, is_overridden, positional_arity
+from .utilities import accepts, assigned_on_instance, is_overridden, positional_arity
 
 #: positional arguments the trainer passes to each module hook (classic form)
-MODULE_HOOK_ARGS = {'on_batch_start': ('batch',), 'on_before_zero_grad': ('optimizer',)}
+MODULE_HOOK_ARGS = {
+    'on_batch_start': ('batch',), 'on_before_zero_grad': ('optimizer',),
+    'optimizer_step': ('epoch_nb', 'batch_nb', 'optimizer', 'optimizer_i'),
+}
 
 STEP_ARGS = {
     'training_step': ('data_batch', 'batch_nb', 'optimizer_i'),
@@ -30,21 +33,31 @@ def _drop_args(fn):
 
 def adapt_module_hook(module, name):
     """The module's override of hook ``name`` as a callable taking the classic arguments,
-    or ``None`` when the module keeps the no-op default."""
+    or ``None`` when the module keeps the no-op default. An override is a method of the
+    module's class or a callable assigned on the instance (``model.on_epoch_start = fn``,
+    which takes no ``self``). Every hook but ``optimizer_step`` may also take no arguments
+    (seed style)."""
     if not is_overridden(module, name, RootModule):
         return None
     fn = getattr(module, name)
     expected = MODULE_HOOK_ARGS.get(name, ())
     if accepts(fn, len(expected)):
         return fn
-    if accepts(fn, 0):
+    seed_style = name != 'optimizer_step'
+    if seed_style and accepts(fn, 0):
         return _drop_args(fn)
     required, _ = positional_arity(fn)
-    wanted = ', '.join(('self',) + expected)
+    if assigned_on_instance(module, name):
+        where, self_arg = f"{name} assigned on the {type(module).__name__} instance", ()
+    else:
+        where, self_arg = f"{type(module).__name__}.{name}", ('self',)
+    besides = ' besides self' if self_arg else ''
+    wanted = ', '.join(self_arg + expected)
+    no_args = ', '.join(self_arg)
     raise MisconfigurationException(
-        f"{type(module).__name__}.{name} requires {required} positional argument(s) besides "
-        f"self, but the trainer passes {len(expected)}. Define it as `def {name}({wanted})`"
-        + (f" or `def {name}(self)`." if expected else "."))
+        f"{where} requires {required} positional argument(s){besides}, but the trainer passes "
+        f"{len(expected)}. Define it as `def {name}({wanted})`"
+        + (f" or `def {name}({no_args})`." if expected and seed_style else "."))
 
 
 def adapt_step(module, name, nb_optimizers=1):
@@ -95,8 +108,7 @@ class HookDispatcher:
             for name in CALLBACK_HOOKS:
                 if is_overridden(cb, name, Callback) and name not in cb.skip_hooks:
                     self.hooks[name].append(functools.partial(getattr(cb, name), trainer, module))
-        self.module_optimizer_step = (module.optimizer_step
-                                      if is_overridden(module, 'optimizer_step', RootModule) else None)
+        self.module_optimizer_step = adapt_module_hook(module, 'optimizer_step')
 
     def call(self, name, *args):
         for fn in self.hooks[name]:

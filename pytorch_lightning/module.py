@@ -20,20 +20,42 @@ HOOKS = (
 )
 
 
-def _mean_of_outputs(outputs):
-    """Average every scalar that each output dict carries under the same key."""
-    sums, counts = collections.OrderedDict(), collections.Counter()
-    for out in outputs:
+def _is_scalar(value):
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _mean_of_outputs(outputs, loss_key, end_name):
+    """The mean of every scalar that the step outputs carry under the same key. Each output
+    is weighted by its batch size (``outputs.batch_sizes`` when the trainer provides it and it
+    matches the list, else 1), so per-batch means give the per-sample mean. A bare scalar
+    output counts as ``{loss_key: output}``; outputs that are neither a dict nor a scalar
+    (``None``) are skipped, as are non-scalar dict values."""
+    weights = getattr(outputs, 'batch_sizes', None)
+    if weights is None or len(weights) != len(outputs):  # e.g. an override filtered the list
+        weights = [1] * len(outputs)
+    sums, totals = collections.OrderedDict(), collections.Counter()
+    for out, weight in zip(outputs, weights):
+        if isinstance(out, torch.Tensor) and out.numel() != 1:
+            step = end_name.replace('_end', '_step')
+            raise MisconfigurationException(
+                f"{step} returned a tensor of shape {tuple(out.shape)}; the default {end_name} "
+                f"averages scalars only. Return a scalar (e.g. the loss) or a dict of scalars, "
+                f"or override {end_name} to collate the outputs yourself.")
+        if _is_scalar(out):
+            out = {loss_key: out}
         if not isinstance(out, dict):
             continue
         for key, value in out.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.detach().float()
-            elif not (isinstance(value, numbers.Number) and not isinstance(value, bool)):
+            if not _is_scalar(value):
                 continue
+            if isinstance(value, torch.Tensor):
+                value = value.detach().float()
+            value = value * weight
             sums[key] = sums[key] + value if key in sums else value
-            counts[key] += 1
-    return {key: sums[key] / counts[key] for key in sums}
+            totals[key] += weight
+    return {key: sums[key] / totals[key] for key in sums}
 
 
 class RootModule(nn.Module):
@@ -60,16 +82,21 @@ class RootModule(nn.Module):
 
     # ------------------------------------------------------------------ evaluation ends
     def validation_end(self, outputs):
-        """Collate the outputs of every ``validation_step``; return a dict of metrics.
+        """Collate the outputs of every ``validation_step`` (a list, in order); return a dict
+        of metrics.
 
-        Default: the mean of each scalar that the step dicts share (e.g. ``val_loss``).
+        Default: for each scalar that the step dicts carry under the same key (e.g.
+        ``val_loss``, ``val_acc``), its mean over the samples: each step's value is weighted
+        by the number of samples in its batch (``outputs.batch_sizes``), so a small last
+        batch counts for its size only. A step that returned a bare scalar tensor counts as
+        ``{'val_loss': tensor}``.
         """
-        return _mean_of_outputs(outputs)
+        return _mean_of_outputs(outputs, 'val_loss', 'validation_end')
 
     def test_end(self, outputs):
-        """Collate the outputs of every ``test_step``; return a dict of metrics
-        (default: the mean of each shared scalar)."""
-        return _mean_of_outputs(outputs)
+        """Collate the outputs of every ``test_step``; return a dict of metrics. Default: as
+        ``validation_end``, with a bare scalar counting as ``{'test_loss': tensor}``."""
+        return _mean_of_outputs(outputs, 'test_loss', 'test_end')
 
     # ------------------------------------------------------------------ saving / loading
     def get_save_dict(self):

@@ -23,7 +23,7 @@ from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
 from .placement import CPUPlacement, Placement
 from .state import TrainerState
-from .utilities import numbers_only, to_number
+from .utilities import StepOutputs, batch_size_of, numbers_only, to_number
 from .utilities.slurm import Terminated, TerminationGuard, slurm_job_id
 
 _EMPTY = {}
@@ -37,6 +37,7 @@ class Trainer(CheckpointingMixin):
         fit(model):
             check arguments and the module's contract         # MisconfigurationException
             configure_optimizers(); read the dataloaders once
+            restore a checkpoint if asked; check the output folders are writable
             model.summarize() if print_weights_summary; callbacks.on_fit_start
             if val data and nb_sanity_val_steps:              # sanity check, metrics discarded
                 on_sanity_check_start
@@ -71,7 +72,8 @@ class Trainer(CheckpointingMixin):
                 callbacks.on_save_point
                 if state.should_stop and epoch + 1 >= min_nb_epochs: stop
             callbacks.on_fit_end                              # final log save
-        on an exception: callbacks.on_exception(error), then re-raise (SLURM preemption:
+        on an exception: callbacks.on_exception(error); on Ctrl-C print the newest
+        checkpoint and the argument that resumes from it; re-raise (SLURM preemption:
         exit status 0; SIGTERM: the process then dies of the signal)
 
     Resuming (``resume_from_checkpoint``, or the newest ``hpc_ckpt_<n>.ckpt`` found at start)
@@ -125,6 +127,7 @@ class Trainer(CheckpointingMixin):
         self._experiment_arg = experiment
         self._fits = 0
         self.logger = self._build_logger(experiment)
+        self._logs_in_save_path = experiment is None  # the default logger writes there
         self.checkpoint_callback = checkpoint_callback
         if checkpoint_callback is None:
             self.checkpoint_callback = ModelCheckpoint(filepath=None)
@@ -247,6 +250,22 @@ class Trainer(CheckpointingMixin):
         self._active_callbacks = self.checkpointed_callbacks = self._callbacks()
         self._hooks = HookDispatcher(self, model, self._active_callbacks)
 
+    def _check_output_folders(self):
+        """Before the first batch, the folders this fit will write into that are known now:
+        each explicit ``ModelCheckpoint(filepath=...)``, and ``default_save_path`` when the
+        default logger or (without a logger) the default checkpoint folder lies under it. A
+        custom logger's folder is the logger's to check."""
+        checkpoints = [cb for cb in self._active_callbacks if isinstance(cb, ModelCheckpoint)]
+        for cb in checkpoints:
+            if cb.filepath is not None:
+                checks.check_writable_folder(cb.filepath,
+                                             f'ModelCheckpoint(filepath={cb.filepath!r})')
+        default_folder_used = slurm_job_id() is not None or any(cb.filepath is None
+                                                                for cb in checkpoints)
+        if self._logs_in_save_path or (self.logger is None and default_folder_used):
+            checks.check_writable_folder(
+                self.default_save_path, f'Trainer(default_save_path={self.default_save_path!r})')
+
     def _batch_limit(self, loader, percent, name):
         if self.fast_dev_run:
             return 1
@@ -326,6 +345,7 @@ class Trainer(CheckpointingMixin):
         hooks = self._hooks
         hooks.call('on_fit_setup')  # callbacks reset; a checkpoint restores them next
         self._restore_if_asked()
+        self._check_output_folders()
         self._preemption = self._install_preemption()
         termination = TerminationGuard().install()
         try:
@@ -345,6 +365,8 @@ class Trainer(CheckpointingMixin):
             self._close_after_failure(err)
             if isinstance(err, Terminated):  # logs and checkpoints are saved: now die of it
                 termination.die()
+            if isinstance(err, KeyboardInterrupt):
+                self._print_resume_hint()
             raise
         finally:
             termination.uninstall()
@@ -368,6 +390,19 @@ class Trainer(CheckpointingMixin):
         self.val_metrics, self._test_metrics = {}, {}
         self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
         self._recent_losses.clear()
+
+    def _print_resume_hint(self):
+        """After Ctrl-C (pending saves done): where the newest checkpoint is, and the
+        argument that resumes from it. Printed to stderr, just above the traceback."""
+        paths = [cb.last_path for cb in self._active_callbacks
+                 if isinstance(cb, ModelCheckpoint) and cb.last_path is not None]
+        paths = [path for path in paths if os.path.isfile(path)]
+        if not paths:
+            print('Interrupted. No checkpoint was written in this run.', file=sys.stderr)
+            return
+        path = max(paths, key=os.path.getmtime)  # the newest, with several ModelCheckpoints
+        print(f'Interrupted. The last checkpoint is {path}; resume with '
+              f'Trainer(resume_from_checkpoint={path!r})', file=sys.stderr)
 
     def _close_after_failure(self, err):
         """Every callback's ``on_exception`` (the bar closes, the logs are saved), then the
@@ -529,8 +564,8 @@ class Trainer(CheckpointingMixin):
                 self._window = acc if acc == 1 or nb is None else min(acc, nb - batch_idx)
             window = self._window
             completes = state.accumulation_position + 1 == window
-            if multi:
-                merged_prog = {}
+            if multi:  # every optimizer's dicts count; on a shared name the last one wins
+                merged_prog, merged_log = {}, {}
                 for opt_i, optimizer in enumerate(optimizers):
                     frozen = self._freeze_other_params(opt_i)
                     try:
@@ -539,9 +574,10 @@ class Trainer(CheckpointingMixin):
                         for param in frozen:
                             param.requires_grad_(True)
                     merged_prog.update(prog)
+                    merged_log.update(log)
                     if completes:
                         optimizer_step(epoch, batch_idx, optimizer, opt_i)
-                prog = merged_prog
+                prog, log = merged_prog, merged_log
             else:
                 loss, prog, log = step_one(batch, batch_idx, 0, window)
                 if completes:
@@ -635,7 +671,7 @@ class Trainer(CheckpointingMixin):
         loss_key = 'test_loss' if testing else 'val_loss'
         was_training = module.training
         module.eval()
-        outputs = []
+        outputs = StepOutputs()  # batch sizes let the default *_end weight each batch's mean
         with torch.no_grad():
             batches = loader if limit is None else itertools.islice(loader, limit)
             for batch_idx, batch in enumerate(batches):
@@ -646,6 +682,8 @@ class Trainer(CheckpointingMixin):
                     loss, out = out[0], dict(out[1])
                     out.setdefault(loss_key, loss)
                 outputs.append(out)
+                size = batch_size_of(batch)
+                outputs.batch_sizes.append(1 if size is None else size)
                 for fn in batch_end:
                     fn()
             end_name = f'{kind}_end'

@@ -120,6 +120,23 @@ def check_trainer_args(args):
                   f"override the hooks you need.")
 
 
+def check_writable_folder(path, what):
+    """Fail when the folder ``path`` cannot be written into: its nearest existing ancestor
+    (itself, when it exists) must be a folder this process may write into. ``what`` names
+    the argument that chose the folder, e.g. ``"Trainer(default_save_path='runs')"``."""
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        _fail(f"{what}: cannot create the folder {path!r}, because {existing!r} is a file, "
+              f"not a folder. Pass a folder path whose existing parts are folders.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"{what}: cannot write into {path!r}, because {existing!r} is not writable by "
+              f"this user (permissions). Pass a folder you can write to, or fix the "
+              f"permissions (e.g. `chmod u+wx {existing}`).")
+
+
 # --------------------------------------------------------------------------- the module
 def _defines(module, name):
     return callable(getattr(module, name, None))

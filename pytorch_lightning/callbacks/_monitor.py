@@ -5,9 +5,16 @@ from ..exceptions import MisconfigurationException
 from ..utilities import to_number
 
 
+def notice(message):
+    """Print ``message`` on stdout as a line of its own: tqdm clears a live progress bar,
+    prints, and draws the bar again (a plain ``print`` would land in the middle of it)."""
+    from tqdm.auto import tqdm
+    tqdm.write(message)
+
+
 class Monitor:
     """Watches ``metrics[key]`` in ``mode`` ('min', 'max' or 'auto': names containing 'acc'
-    are maximised, everything else minimised; the choice is printed once).
+    are maximised, everything else minimised; the choice is printed once, see ``notice``).
 
     ``required=False`` (the trainer's default callbacks) turns a missing key into a printed
     notice that disables the owner; otherwise it is a ``MisconfigurationException``.
@@ -32,8 +39,8 @@ class Monitor:
     def resolve_mode(self):
         if self.mode == 'auto':
             self.mode = 'max' if 'acc' in self.key.lower() else 'min'
-            print(f"{self.owner}: monitoring {self.key!r} in {self.mode!r} mode (inferred from "
-                  f"the name; pass mode='min' or mode='max' to choose).")
+            notice(f"{self.owner}: monitoring {self.key!r} in {self.mode!r} mode (inferred from "
+                   f"the name; pass mode='min' or mode='max' to choose).")
         return self.mode
 
     def read(self, metrics):
@@ -48,9 +55,9 @@ class Monitor:
                     f"{self.key!r}; available keys: {available}. Return it from validation_end "
                     f"or pass monitor= one of those keys.")
             self.disabled = True
-            print(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}), so "
-                  f"the default {self.owner} {self.off_notice}. Pass {self.trainer_arg}="
-                  f"{self.owner}(monitor=...) to the Trainer to use another metric.")
+            notice(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}), "
+                   f"so the default {self.owner} {self.off_notice}. Pass {self.trainer_arg}="
+                   f"{self.owner}(monitor=...) to the Trainer to use another metric.")
             return None
         self.resolve_mode()
         return float(to_number(metrics[self.key]))

@@ -20,6 +20,9 @@ class ModelCheckpoint(Callback):
     Files are written at the next save point (see ``Callback.on_save_point``), so they hold
     every part's final state for that batch. ``filepath=None``: the trainer's default folder
     (``<experiment folder>/checkpoints``).
+
+    ``last_path`` is the newest file this callback wrote (``last.ckpt`` when it is kept, else
+    the newest best file), ``None`` before the first; ``fit`` names it when interrupted.
     """
 
     def __init__(self, filepath=None, monitor='val_loss', save_best_only=True, mode='auto',
@@ -46,6 +49,7 @@ class ModelCheckpoint(Callback):
         self.save_last, self.every_n_steps = save_last, every_n_steps
         self.best = None
         self.best_path = None
+        self.last_path = None
         self._want_best = None    # value to save as best at the next save point
         self._want_last = False
         self._last_step_saved = 0
@@ -55,7 +59,7 @@ class ModelCheckpoint(Callback):
         """Each fit is a new run: no best yet, and the default folder is the new run's."""
         if self._default_folder:
             self.filepath = None
-        self.best = self.best_path = self._want_best = None
+        self.best = self.best_path = self._want_best = self.last_path = None
         self._want_last = False
         self._last_step_saved, self._last_batches_saved = 0, -1
         self.monitor.reset()
@@ -98,8 +102,10 @@ class ModelCheckpoint(Callback):
             if best_path is not None:  # same content: one write, the best file is a link to it
                 after = self._link_then(last, best_path, after)
             trainer.save_checkpoint(last, then=after)
+            self.last_path = last
         elif best_path is not None:
             trainer.save_checkpoint(best_path, then=after)
+            self.last_path = best_path
 
     @staticmethod
     def _link_then(source, target, after):

@@ -6,10 +6,15 @@ from .base import Callback
 
 
 class ProgressBar(Callback):
-    """One tqdm bar per fit: epoch, batch, running loss, the step's dict, validation metrics.
+    """One tqdm bar per fit, reset at each epoch: ``Epoch <n>`` (0-based, like
+    ``trainer.current_epoch``, the postfix's ``epoch`` and checkpoint names), the batch count
+    and ``trainer.tqdm_metrics`` as the postfix.
 
-    ``refresh_interval`` is the least time in seconds between two redraws;
-    ``position`` is tqdm's line (``Trainer(process_position=...)``).
+    ``refresh_interval`` is the least time in seconds between two redraws while batches run;
+    ``position`` is tqdm's line (``Trainer(process_position=...)``). The bar appears at the
+    first epoch start (not during the sanity check), and every state is drawn once: the end
+    of an epoch is drawn only if something changed since the last redraw, and the bar's
+    final line is not drawn again when it closes, so a log file gets no repeated lines.
     """
 
     def __init__(self, refresh_interval=0.2, position=0):
@@ -18,25 +23,32 @@ class ProgressBar(Callback):
         self._bar = None
         self._count = 0
         self._next_draw = 0.0
-
-    def on_fit_start(self, trainer, module):
-        from tqdm.auto import tqdm
-        self._bar = tqdm(total=None, position=self.position, dynamic_ncols=True,
-                         leave=True, unit='batch')
+        self._stale = False  # something changed since the last redraw
 
     def on_epoch_start(self, trainer, module):
         self._count = 0
-        self._bar.reset(total=trainer.nb_batches_this_epoch)
-        self._bar.set_description(f'Epoch {trainer.state.epoch + 1}')
+        self._stale = False
+        total, label = trainer.nb_batches_this_epoch, f'Epoch {trainer.state.epoch}'
+        if self._bar is None:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=total, desc=label, position=self.position,
+                             dynamic_ncols=True, leave=True, unit='batch')
+            return
+        # one redraw for the new epoch (reset draws): label first, last epoch's postfix off
+        self._bar.set_description(label, refresh=False)
+        self._bar.set_postfix_str('', refresh=False)
+        self._bar.reset(total=total)
 
     def _tick(self, trainer):
         self._count += 1
+        self._stale = True
         now = time.perf_counter()
         if now >= self._next_draw:
             self._draw(trainer, now)
 
     def _draw(self, trainer, now):
         self._next_draw = now + self.refresh_interval
+        self._stale = False
         bar = self._bar
         bar.n = self._count
         bar.set_postfix(trainer.tqdm_metrics, refresh=False)
@@ -49,14 +61,27 @@ class ProgressBar(Callback):
         if trainer.state.stage != 'sanity_check':
             self._tick(trainer)
 
+    def on_validation_end(self, trainer, module, metrics):
+        self._stale = True  # the postfix shows the new metrics at the next redraw
+
     def on_epoch_end(self, trainer, module):
-        self._draw(trainer, time.perf_counter())
+        if self._stale:
+            self._draw(trainer, time.perf_counter())
 
     def on_fit_end(self, trainer, module):
-        if self._bar is not None:
+        bar = self._bar
+        if bar is None:  # fit ended before the first epoch
+            return
+        if self._stale:
             self._draw(trainer, time.perf_counter())
-            self._bar.close()
-            self._bar = None
+        self._bar = None
+        if self.position == 0:
+            # The final state is on this line now; tqdm's close() would draw it once more (a
+            # repeated line in a log file). Its display() writes through the status printer
+            # `sp`: with one that writes nothing, close() only ends the line and releases the
+            # bar. (A bar on another line is left to tqdm, which moves it to this line.)
+            bar.sp = lambda text: None
+        bar.close()
 
     def on_exception(self, trainer, module, error):
         self.on_fit_end(trainer, module)  # the bar shows where it stopped

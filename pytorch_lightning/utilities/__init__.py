@@ -6,9 +6,18 @@ import torch
 
 
 def is_overridden(obj, name, base):
-    """True when ``obj``'s class defines ``name`` differently from ``base``."""
+    """True when ``obj``'s class defines ``name`` differently from ``base``, or ``obj`` holds
+    a callable ``name`` of its own (assigned on the instance: ``model.on_epoch_start = fn``)."""
+    if callable(getattr(obj, '__dict__', {}).get(name)):
+        return True
     own = getattr(type(obj), name, None)
     return own is not None and own is not getattr(base, name, None)
+
+
+def assigned_on_instance(obj, name):
+    """Whether ``obj.name`` is an attribute of the instance itself, not a method of its class
+    (such a function takes no ``self``)."""
+    return name in getattr(obj, '__dict__', {})
 
 
 def positional_arity(fn):
@@ -48,3 +57,30 @@ def numbers_only(metrics):
         if isinstance(value, numbers.Number) and not isinstance(value, bool):
             out[key] = value
     return out
+
+
+def batch_size_of(batch):
+    """The number of samples in ``batch``: the length of dim 0 of the first tensor found in it
+    (searching tuples, lists and dict values in order); ``None`` when it holds no tensor with
+    a dim 0."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else None
+    if isinstance(batch, dict):
+        batch = batch.values()
+    elif not isinstance(batch, (tuple, list)):
+        return None
+    for item in batch:
+        size = batch_size_of(item)
+        if size is not None:
+            return size
+    return None
+
+
+class StepOutputs(list):
+    """What the trainer hands to ``validation_end``/``test_end``: the list of step outputs, in
+    order, with ``batch_sizes``: the number of samples in each step's batch (``batch_size_of``,
+    1 when the batch holds no tensor). A plain list in every other respect."""
+
+    def __init__(self, outputs=(), batch_sizes=()):
+        super().__init__(outputs)
+        self.batch_sizes = list(batch_sizes)
