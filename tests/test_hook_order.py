@@ -32,6 +32,11 @@ class Recording(TinyModel):
         self.log.append('configure_optimizers')
         return super().configure_optimizers()
 
+    @property
+    def tng_dataloader(self):
+        self.log.append('tng_dataloader')
+        return super().tng_dataloader
+
     def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
         self.log.append(f'optimizer_step:{epoch_nb}:{batch_nb}')
         optimizer.step()
@@ -39,6 +44,7 @@ class Recording(TinyModel):
     @property
     def val_dataloader(self):
         from models import make_loader
+        self.log.append('val_dataloader')
         return make_loader(16, 8, seed=1)  # 2 validation batches
 
 
@@ -61,7 +67,7 @@ class RecordingCallback(Callback):
             self.log.append('cb.' + name)
         return hook
 
-    for _name in ('on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
+    for _name in ('on_fit_setup', 'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
                   'on_after_backward', 'on_before_zero_grad', 'on_batch_end',
                   'on_pre_performance_check', 'on_validation_batch_end', 'on_validation_end',
                   'on_post_performance_check', 'on_epoch_end', 'on_test_end', 'on_fit_end',
@@ -71,7 +77,9 @@ class RecordingCallback(Callback):
 
 
 def expected_order(epochs=2, train_batches=4, val_batches=2, sanity=2, accumulate=1):
-    seq = ['configure_optimizers', 'cb.on_fit_start',
+    # on_fit_setup: after the optimizers and loaders are read, before on_fit_start
+    seq = ['configure_optimizers', 'tng_dataloader', 'val_dataloader', 'cb.on_fit_setup',
+           'cb.on_fit_start',
            'on_sanity_check_start', 'cb.on_sanity_check_start',
            'on_pre_performance_check', 'cb.on_pre_performance_check']
     for i in range(sanity):
@@ -110,6 +118,29 @@ def test_hook_order_with_accumulation(quiet):
                               callbacks=[RecordingCallback(log)]))
     trainer.fit(Recording(log))
     assert log == expected_order(accumulate=2)
+
+
+def test_on_fit_setup_runs_before_a_checkpoint_is_restored(quiet):
+    """Each fit resets its callbacks in on_fit_setup; a resume gives their state back right
+    after, so the restored state is what the run continues with."""
+    class Stateful(RecordingCallback):
+        def state_dict(self):
+            return {'saved': 'by the first run'}
+
+        def load_state_dict(self, state):
+            self.log.append(f"cb.load_state_dict:{state['saved']}")
+
+    first = Trainer(**quiet(callbacks=[Stateful([])]))
+    first.fit(Recording([]))
+    checkpoint = first.checkpoint_callback.last_path
+    assert checkpoint is not None
+
+    log = []
+    Trainer(**quiet(max_nb_epochs=2, callbacks=[Stateful(log)],
+                    resume_from_checkpoint=checkpoint)).fit(Recording(log))
+    assert log[:log.index('cb.on_fit_start') + 1] == [
+        'configure_optimizers', 'tng_dataloader', 'val_dataloader', 'cb.on_fit_setup',
+        'cb.load_state_dict:by the first run', 'cb.on_fit_start']
 
 
 def test_test_loop_hooks(quiet):
