@@ -297,6 +297,7 @@ class TestTubeLogger:
         if exp is not None:  # its own calls go through the logger while it is open
             exp.log, exp.tag, exp.save = self.log, self.tag, self.save
         _open_loggers.add(self)
+        import test_tube  # noqa: F401  (here, not on the writer thread: see docs/logging.md)
         self._thread = threading.Thread(target=self._serve, name='lightning-log-writer',
                                         daemon=True)
         self._thread.start()
@@ -327,8 +328,6 @@ class TestTubeLogger:
                     f"test-tube could not open {self.log_dir!r}: its meta.experiment or "
                     f"meta_tags.csv is unreadable. Pick another version or repair the folder.")
             reread = reread or os.path.exists(os.path.join(self.log_dir, 'metrics.csv'))
-            if not self.debug:
-                type(exp).save(exp)  # the folder is loadable from now on, even after a kill
         elif resume is not None:  # the user's open Experiment: reopen its TensorBoard file
             exp.close()            # at the next scalar, hiding the killed run's later events
             exp.purge_step = resume['purge_step']
