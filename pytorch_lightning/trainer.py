@@ -35,8 +35,10 @@ class Trainer(CheckpointingMixin):
     The loop, in order (``hook`` = the module's hook, then each callback's)::
 
         fit(model):
+            a second fit on this Trainer is a new run (a new log version by default)
             check arguments and the module's contract         # MisconfigurationException
             configure_optimizers(); read the dataloaders once
+            callbacks.on_fit_setup                            # reset per run
             restore a checkpoint if asked; check the output folders are writable
             model.summarize() if print_weights_summary; callbacks.on_fit_start
             if val data and nb_sanity_val_steps:              # sanity check, metrics discarded
