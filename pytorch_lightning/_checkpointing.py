@@ -12,6 +12,7 @@ import re
 
 from . import checkpoint_io
 from .data import generator_states, restore_generator_states
+from .exceptions import MisconfigurationException
 from .utilities.slurm import PreemptionSignal, requeue, slurm_job_id
 
 
@@ -23,12 +24,23 @@ class _Preempted(Exception):
 class CheckpointingMixin:
     """``save_checkpoint`` and the resume/preemption steps ``Trainer.fit`` calls."""
 
-    def save_checkpoint(self, path, then=None, background=True):
-        """Write a checkpoint of the whole run to ``path`` (atomically). Meant for save
-        points (``Callback.on_save_point``), where resuming from it is exact. The file is
-        written now; with ``background`` its fsync and rename finish on another thread
-        (``fit`` waits for them before it returns); without it, the logger's rows are on
-        disk too before this returns. ``then`` runs after the rename."""
+    def save_checkpoint(self, path, then=None, background=False):
+        """Write a checkpoint of the whole run to ``path`` atomically; returns ``None``.
+
+        When it returns, the file is complete and durable under ``path`` (written to a
+        temporary file, fsynced, renamed), and the logger's rows it counts are on disk, so
+        ``Model.load_from_checkpoint(path)`` can follow at once. Resuming from it is exact when
+        it is called at a save point (``Callback.on_save_point``) or after ``fit`` returned
+        (the position is then "epoch complete": a resume starts the next epoch).
+
+        ``background=True`` (what ``ModelCheckpoint`` uses inside the loop) returns once the
+        file is written; its fsync and rename finish on another thread, which ``fit`` (and
+        ``checkpoint_io.wait_for_saves()``) waits for. ``then()`` runs after the rename.
+        Called before ``fit`` it raises ``MisconfigurationException``."""
+        if getattr(self, '_train_loader', None) is None:  # set when fit sets the run up
+            raise MisconfigurationException(
+                f"save_checkpoint({os.fspath(path)!r}) was called before fit(): there is no "
+                f"run to save yet. Call it from a callback during fit, or after fit returned.")
         checkpoint = checkpoint_io.dump(self, self._position(), durable_logs=not background)
         checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)
