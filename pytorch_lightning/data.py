@@ -157,10 +157,21 @@ def make_resumable(loader):
     return DataLoader(loader.dataset, batch_sampler=sampler, **kwargs), sampler
 
 
+def _generator_owners(loader):
+    """``(name, object)`` for each place a loader's shuffling generator can live: the loader,
+    its ``sampler``, and the sampler inside its batch sampler (after ``make_resumable`` the
+    loader's own ``sampler`` attribute is a placeholder; the user's sampler is in there)."""
+    batch_sampler = getattr(loader, 'batch_sampler', None)
+    if isinstance(batch_sampler, ResumableBatchSampler):
+        batch_sampler = batch_sampler.batch_sampler
+    return (('loader', loader), ('sampler', getattr(loader, 'sampler', None)),
+            ('batch_sampler.sampler', getattr(batch_sampler, 'sampler', None)))
+
+
 def generator_states(loader):
-    """States of the torch generators a loader's shuffling uses (loader and sampler)."""
+    """States of the torch generators a loader's shuffling uses (loader and samplers)."""
     states = {}
-    for owner, name in ((loader, 'loader'), (getattr(loader, 'sampler', None), 'sampler')):
+    for name, owner in _generator_owners(loader):
         gen = getattr(owner, 'generator', None)
         if isinstance(gen, torch.Generator):
             states[name] = gen.get_state()
@@ -168,6 +179,6 @@ def generator_states(loader):
 
 
 def restore_generator_states(loader, states):
-    for owner, name in ((loader, 'loader'), (getattr(loader, 'sampler', None), 'sampler')):
+    for name, owner in _generator_owners(loader):
         if name in states:
             owner.generator.set_state(states[name])

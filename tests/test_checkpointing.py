@@ -354,3 +354,36 @@ def test_save_checkpoint_before_fit_is_refused(tmp_path):
     with pytest.raises(MisconfigurationException) as err:
         Trainer(experiment=False).save_checkpoint(tmp_path / 'early.ckpt')
     assert 'save_checkpoint' in str(err.value) and 'before fit()' in str(err.value)
+
+
+def test_resume_restores_a_generator_owned_by_the_sampler(quiet, tmp_path):
+    """``DataLoader(sampler=RandomSampler(data, generator=g))``: the shuffle comes from ``g``,
+    which only the sampler holds (the rebuilt loader's own ``sampler`` attribute is another
+    object), and a mid-epoch resume must still restore it."""
+    from torch.utils.data import DataLoader, RandomSampler
+    path = tmp_path / 'mid.ckpt'
+
+    class OwnGenerator(TinyModel):
+        @property
+        def tng_dataloader(self):
+            data = make_loader(48, 8).dataset
+            sampler = RandomSampler(data, generator=torch.Generator().manual_seed(0))
+            return DataLoader(data, batch_size=8, sampler=sampler)
+
+    class SaveMidEpoch(Callback):
+        def on_save_point(self, trainer, module):
+            where = trainer.current_epoch, trainer.state.batch_idx, trainer._epoch_done
+            if where == (1, 2, False):
+                trainer.save_checkpoint(path)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = OwnGenerator(n=48)
+        Trainer(**quiet(max_nb_epochs=3, early_stop_callback=False, checkpoint_callback=False,
+                        **kw)).fit(model)
+        return model
+
+    full = run(callbacks=[SaveMidEpoch()])
+    resumed = run(resume_from_checkpoint=path)
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
