@@ -32,21 +32,14 @@ LOADERS = {
 
 
 def run(save_dir, out, *args, expect=0):
-    """Run the script in its own session. After a SIGKILL its orphaned worker processes
-    notice the dead parent only after a while; they are killed here instead of waited for."""
-    log = os.path.join(save_dir, 'script_output.txt')
+    """Run the script with its output in a file, not a pipe: after a SIGKILL its orphaned
+    worker processes keep a pipe open until they notice the dead parent (within seconds; they
+    then exit by themselves), and the log writer must be left to finish saving."""
     os.makedirs(save_dir, exist_ok=True)
+    log = os.path.join(save_dir, 'script_output.txt')
     with open(log, 'a') as output:
-        proc = subprocess.Popen([sys.executable, SCRIPT, str(save_dir), str(out),
-                                 *map(str, args)],
-                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=300)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the group holds only this run's processes
-            except ProcessLookupError:
-                pass
+        code = subprocess.run([sys.executable, SCRIPT, str(save_dir), str(out), *map(str, args)],
+                              stdout=output, stderr=subprocess.STDOUT, timeout=300).returncode
     with open(log) as output:
         assert code == expect, output.read()
 
