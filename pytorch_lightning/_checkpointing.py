@@ -153,7 +153,7 @@ class CheckpointingMixin:
             self._restore_now(*resume)  # saved after the epoch's last batch was run
             return done, iter(())
         if sampler is not None:  # index work only
-            draws = position.get('sampler_draws')  # None: saved without workers' draw-ahead
+            draws = position.get('sampler_draws')  # None: an older checkpoint, no sampler
             sampler.plan_epoch(at_start=lambda: self._epoch_start(saved_start), skip=done,
                                at_draws=done if draws is None else draws,
                                then=lambda: self._restore_now(*resume))
