@@ -44,7 +44,8 @@ Part 2, loader (``--only loader``). A map-style dataset of 100k items whose ``__
 busy-waits ~50 us; DataLoader(batch_size=32, shuffle=True, seeded generator): 3125 batches.
 Time until the first batch is in hand:
   (a) fresh epoch: ``next(iter(loader))``
-  (b) resumed at batch n: ``make_resumable(loader)``, ``sampler.skip(n)``, ``next(iter(...))``
+  (b) resumed at batch n: ``make_resumable(loader)``, ``sampler.plan_epoch(skip=n)``,
+      ``next(iter(...))``
   (c) naive resume at batch n: iterate the plain loader and discard n batches
 for several n. (b)'s first batch is checked to equal (c)'s.
 
@@ -388,7 +389,7 @@ def first_batch_resumable(dataset, n):
     start = time.perf_counter()
     new_loader, sampler = make_resumable(loader)
     built = time.perf_counter()
-    sampler.skip(n)
+    sampler.plan_epoch(skip=n)
     batch = next(iter(new_loader))
     end = time.perf_counter()
     return end - start, built - start, batch
@@ -455,7 +456,7 @@ def bench_loader(n_items, skips, rounds, cost_us):
         for _ in range(20):
             _, sampler = make_resumable(make_loader(dataset))
             start = time.perf_counter()
-            sampler.skip(n)
+            sampler.plan_epoch(skip=n)
             next(iter(sampler))
             best = min(best, time.perf_counter() - start)
         index[n] = best

@@ -12,6 +12,7 @@ import re
 
 from . import checkpoint_io
 from .data import generator_states, restore_generator_states
+from .exceptions import MisconfigurationException
 from .utilities.slurm import PreemptionSignal, requeue, slurm_job_id
 
 
@@ -23,12 +24,23 @@ class _Preempted(Exception):
 class CheckpointingMixin:
     """``save_checkpoint`` and the resume/preemption steps ``Trainer.fit`` calls."""
 
-    def save_checkpoint(self, path, then=None, background=True):
-        """Write a checkpoint of the whole run to ``path`` (atomically). Meant for save
-        points (``Callback.on_save_point``), where resuming from it is exact. The file is
-        written now; with ``background`` its fsync and rename finish on another thread
-        (``fit`` waits for them before it returns); without it, the logger's rows are on
-        disk too before this returns. ``then`` runs after the rename."""
+    def save_checkpoint(self, path, then=None, background=False):
+        """Write a checkpoint of the whole run to ``path`` atomically; returns ``None``.
+
+        When it returns, the file is complete and durable under ``path`` (written to a
+        temporary file, fsynced, renamed), and the logger's rows it counts are on disk, so
+        ``Model.load_from_checkpoint(path)`` can follow at once. Resuming from it is exact when
+        it is called at a save point (``Callback.on_save_point``) or after ``fit`` returned
+        (the position is then "epoch complete": a resume starts the next epoch).
+
+        ``background=True`` (what ``ModelCheckpoint`` uses inside the loop) returns once the
+        file is written; its fsync and rename finish on another thread, which ``fit`` (and
+        ``checkpoint_io.wait_for_saves()``) waits for. ``then()`` runs after the rename.
+        Called before ``fit`` it raises ``MisconfigurationException``."""
+        if getattr(self, '_train_loader', None) is None:  # set when fit sets the run up
+            raise MisconfigurationException(
+                f"save_checkpoint({os.fspath(path)!r}) was called before fit(): there is no "
+                f"run to save yet. Call it from a callback during fit, or after fit returned.")
         checkpoint = checkpoint_io.dump(self, self._position(), durable_logs=not background)
         checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)
@@ -38,7 +50,9 @@ class CheckpointingMixin:
         now = generator_states(self._train_loader)  # a loader's own shuffling generator
         if self._epoch_done:
             return {'epoch_complete': True, 'generators_now': now}
+        sampler = self._resumable_sampler
         return {'epoch_complete': False, 'batches_done': state.batch_idx + 1,
+                'sampler_draws': None if sampler is None else sampler.draws,
                 'window': self._window, 'epoch_start_rng': self._epoch_start_rng,
                 'epoch_start_generators': self._epoch_start_generators, 'generators_now': now}
 
@@ -46,6 +60,18 @@ class CheckpointingMixin:
         """Random state as it was at the save point (global RNGs and loader generators)."""
         checkpoint_io.restore_rng(rng)
         restore_generator_states(self._train_loader, position['generators_now'])
+
+    def _epoch_start(self, saved=None):
+        """Record the random state the epoch's shuffle is drawn from, as the epoch start a
+        mid-epoch checkpoint saves (``saved``: set the RNGs to that state first). Runs just
+        before the shuffle is drawn: at the batch sampler's first draw, or before
+        ``iter(loader)`` for a loader without a ``ResumableBatchSampler``."""
+        if saved is None:
+            saved = checkpoint_io.capture_rng(), generator_states(self._train_loader)
+        else:
+            checkpoint_io.restore_rng(saved[0])
+            restore_generator_states(self._train_loader, saved[1])
+        self._epoch_start_rng, self._epoch_start_generators = saved
 
     def _hpc_checkpoints(self):
         found = []
@@ -94,17 +120,31 @@ class CheckpointingMixin:
 
     def _epoch_batches(self, resume):
         """``(first batch index, iterator)`` for this epoch; on a mid-epoch resume the
-        shuffle is redrawn from the saved epoch-start RNG and the done batches skipped."""
-        loader = self._train_loader
+        shuffle is redrawn from the saved epoch-start RNG and the done batches skipped.
+
+        With a ``ResumableBatchSampler`` the epoch-start RNG is captured (or restored) at the
+        sampler's first draw, which comes after a new loader iterator has drawn its workers'
+        base seed from the global RNG, and the save point's RNG is restored once the sampler
+        has made as many draws as at the save point (with workers, torch draws index lists
+        ahead of the batches trained on). The resumed run then draws the same global-RNG
+        stream as an uninterrupted one from the save point on."""
+        loader, sampler = self._train_loader, self._resumable_sampler
         if resume is None:
-            self._epoch_start_rng = checkpoint_io.capture_rng()
-            self._epoch_start_generators = generator_states(loader)
+            if sampler is None:
+                self._epoch_start()
+            elif (sampler.epochs_started == 0 and self.state.epoch > 0
+                    and getattr(loader, 'persistent_workers', False)):
+                # the first epoch of a fit resumed at an epoch boundary: an uninterrupted run
+                # reuses its persistent iterator here and draws no base seed, so the shuffle
+                # is drawn from the state before the (new) iterator drew one
+                before = checkpoint_io.capture_rng(), generator_states(loader)
+                sampler.plan_epoch(at_start=lambda: self._epoch_start(before))
+            else:
+                sampler.plan_epoch(at_start=self._epoch_start)
             return 0, iter(loader)
         position = resume[0]
-        self._epoch_start_rng = position['epoch_start_rng']
-        self._epoch_start_generators = position['epoch_start_generators']
-        checkpoint_io.restore_rng(self._epoch_start_rng)
-        restore_generator_states(loader, self._epoch_start_generators)
+        saved_start = position['epoch_start_rng'], position['epoch_start_generators']
+        self._epoch_start(saved_start)
         done = position['batches_done']
         self._window = position['window']
         state = self.state
@@ -112,8 +152,11 @@ class CheckpointingMixin:
         if (state.should_stop and state.epoch >= self.min_nb_epochs) or (nb is not None and done >= nb):
             self._restore_now(*resume)  # saved after the epoch's last batch was run
             return done, iter(())
-        if self._resumable_sampler is not None:  # index work only
-            self._resumable_sampler.skip(done, lambda: self._restore_now(*resume))
+        if sampler is not None:  # index work only
+            draws = position.get('sampler_draws')  # None: an older checkpoint, no sampler
+            sampler.plan_epoch(at_start=lambda: self._epoch_start(saved_start), skip=done,
+                               at_draws=done if draws is None else draws,
+                               then=lambda: self._restore_now(*resume))
             return done, iter(loader)
         print(f'resuming mid-epoch: the training loader is a {type(loader).__name__}, which '
               f'cannot be rebuilt for index-only skipping, so its first {done} batches are '

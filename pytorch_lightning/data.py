@@ -74,37 +74,65 @@ def limited_batches(loader, percent, name):
 # ---------------------------------------------------------------------------- exact resume
 class ResumableBatchSampler:
     """Wraps a DataLoader's batch sampler so a resumed epoch can skip the batches already
-    trained on by drawing their *indices* only (no data is loaded for them).
+    trained on by drawing their *indices* only (no data is loaded for them), and so the
+    trainer can act at the moments that matter for exact resume.
 
-    It draws from the inner sampler exactly as the plain loader would (lazily, on the first
-    batch), so random permutations come out identical. ``skip(n, then)``: the next epoch's
-    iteration drops the first ``n`` index lists and calls ``then()`` before the first real
-    batch is loaded (the trainer restores the RNG there).
+    It draws from the inner sampler exactly as the plain loader would (lazily), so random
+    permutations come out identical. Everything happens when an iterator is first *advanced*,
+    never when it is created: torch's multi-process loader creates an iterator it never reads
+    (and persistent workers create a new one per epoch), so only the iterator that really
+    draws an epoch's index lists counts as that epoch's.
+
+    ``draws`` counts the calls made to the inner sampler by the current epoch's iterator (the
+    call that found it exhausted included). With worker processes torch draws index lists
+    ahead of the batches the loop has trained on, so ``draws`` can run ahead of them.
     """
 
     def __init__(self, batch_sampler):
         self.batch_sampler = batch_sampler
-        self._skip, self._then = 0, None
+        self.draws = 0
+        self.epochs_started = 0  # iterators that began drawing (one per epoch)
+        self._plan = None
 
-    def skip(self, count, then=None):
-        self._skip, self._then = count, then
+    def plan_epoch(self, at_start=None, skip=0, at_draws=None, then=None):
+        """Instructions for the next iterator that begins drawing (the next epoch):
+        ``at_start()`` runs at its first ``next()``, before the inner sampler draws (the
+        trainer captures or restores the epoch-start RNG there); the first ``skip`` index
+        lists are drawn and dropped; ``then()`` runs once ``draws`` has reached
+        ``at_draws``, before the next call to the inner sampler (or when it is exhausted)."""
+        self._plan = (at_start, skip, at_draws, then)
 
     def __len__(self):
         return len(self.batch_sampler)
 
     def __iter__(self):
-        count, then = self._skip, self._then  # taken now: one skip serves one iterator
-        self._skip, self._then = 0, None
-        return self._batches(count, then)
+        return self._epoch()
 
-    def _batches(self, count, then):
+    def _epoch(self):
+        # a generator: this body runs at the first next(), so a plan is spent only by an
+        # iterator that draws
+        at_start, skip, at_draws, then = self._plan or (None, 0, None, None)
+        self._plan = None
+        self.draws = 0
+        self.epochs_started += 1
+        if at_start is not None:
+            at_start()
         inner = iter(self.batch_sampler)
-        for _ in range(count):
-            next(inner, None)
-        if then is not None:
+        while True:
+            if then is not None and self.draws == at_draws:
+                then, done = None, then
+                done()
+            batch = next(inner, _EXHAUSTED)
+            self.draws += 1
+            if batch is _EXHAUSTED:
+                break
+            if self.draws > skip:
+                yield batch
+        if then is not None:  # at_draws not reached (always reached with the same data)
             then()
-        yield from inner
 
+
+_EXHAUSTED = object()
 
 _LOADER_ARGS = ('num_workers', 'collate_fn', 'pin_memory', 'timeout', 'worker_init_fn',
                 'multiprocessing_context', 'generator', 'persistent_workers', 'pin_memory_device')
@@ -129,10 +157,21 @@ def make_resumable(loader):
     return DataLoader(loader.dataset, batch_sampler=sampler, **kwargs), sampler
 
 
+def _generator_owners(loader):
+    """``(name, object)`` for each place a loader's shuffling generator can live: the loader,
+    its ``sampler``, and the sampler inside its batch sampler (after ``make_resumable`` the
+    loader's own ``sampler`` attribute is a placeholder; the user's sampler is in there)."""
+    batch_sampler = getattr(loader, 'batch_sampler', None)
+    if isinstance(batch_sampler, ResumableBatchSampler):
+        batch_sampler = batch_sampler.batch_sampler
+    return (('loader', loader), ('sampler', getattr(loader, 'sampler', None)),
+            ('batch_sampler.sampler', getattr(batch_sampler, 'sampler', None)))
+
+
 def generator_states(loader):
-    """States of the torch generators a loader's shuffling uses (loader and sampler)."""
+    """States of the torch generators a loader's shuffling uses (loader and samplers)."""
     states = {}
-    for owner, name in ((loader, 'loader'), (getattr(loader, 'sampler', None), 'sampler')):
+    for name, owner in _generator_owners(loader):
         gen = getattr(owner, 'generator', None)
         if isinstance(gen, torch.Generator):
             states[name] = gen.get_state()
@@ -140,6 +179,6 @@ def generator_states(loader):
 
 
 def restore_generator_states(loader, states):
-    for owner, name in ((loader, 'loader'), (getattr(loader, 'sampler', None), 'sampler')):
+    for name, owner in _generator_owners(loader):
         if name in states:
             owner.generator.set_state(states[name])

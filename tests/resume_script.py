@@ -3,6 +3,7 @@
 mid-epoch validation). Run by tests/test_resume.py in a subprocess, which it may SIGKILL.
 
 usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save|usr1] [--resume PATH]
+                        [--num-workers N] [--persistent-workers]
 """
 import argparse
 import os
@@ -49,7 +50,10 @@ class Noisy(RootModule):
 
     @property
     def tng_dataloader(self):  # 11 shuffled batches per epoch
-        return DataLoader(TensorDataset(self.x, self.y), batch_size=8, shuffle=True)
+        workers = self.hparams.num_workers
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=8, shuffle=True,
+                          num_workers=workers,
+                          persistent_workers=workers > 0 and self.hparams.persistent_workers)
 
     @property
     def val_dataloader(self):
@@ -76,6 +80,8 @@ def main():
     parser.add_argument('--kill-at', dest='kill_at', type=int, default=-1)
     parser.add_argument('--kill-in', dest='kill_in', default='step')
     parser.add_argument('--resume', default=None)
+    parser.add_argument('--num-workers', dest='num_workers', type=int, default=0)
+    parser.add_argument('--persistent-workers', dest='persistent_workers', action='store_true')
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(1), np.random.seed(1), random.seed(1)

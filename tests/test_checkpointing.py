@@ -318,3 +318,72 @@ def test_model_checkpoint_arguments(kwargs, text):
     with pytest.raises(MisconfigurationException) as err:
         ModelCheckpoint(**kwargs)
     assert text in str(err.value)
+
+
+def test_save_checkpoint_has_written_its_file_when_it_returns(tmp_path, monkeypatch):
+    """A public ``save_checkpoint`` call is durable under its name when it returns, also after
+    ``fit`` (then it records the finished epoch: a resume from it starts the next epoch)."""
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):  # a slow disk: a save finished on another thread is not done yet
+        import time
+        time.sleep(0.3)
+        real_fsync(fd)
+    model = TinyModel(n=16)
+    trainer = Trainer(default_save_path=str(tmp_path), progress_bar=False,
+                      print_weights_summary=False, max_nb_epochs=2)
+    trainer.fit(model)
+    path = tmp_path / 'after_fit.ckpt'
+    monkeypatch.setattr(checkpoint_io.os, 'fsync', slow_fsync)
+    trainer.save_checkpoint(path)
+    assert os.path.exists(path)
+    loaded = TinyModel.load_from_checkpoint(path)
+    assert torch.equal(loaded.layer.weight, model.layer.weight)
+    monkeypatch.undo()
+    meta = checkpoint_io.load(path)['lightning']
+    assert meta['position']['epoch_complete'] and meta['trainer_state']['epoch'] == 1
+
+    resumed = TinyModel(n=16)
+    trainer = Trainer(default_save_path=str(tmp_path), experiment=False, progress_bar=False,
+                      print_weights_summary=False, max_nb_epochs=3, resume_from_checkpoint=path)
+    trainer.fit(resumed)
+    assert trainer.state.total_batches == 3 * 2  # epoch 2 only: 2 batches of 8
+
+
+def test_save_checkpoint_before_fit_is_refused(tmp_path):
+    with pytest.raises(MisconfigurationException) as err:
+        Trainer(experiment=False).save_checkpoint(tmp_path / 'early.ckpt')
+    assert 'save_checkpoint' in str(err.value) and 'before fit()' in str(err.value)
+
+
+def test_resume_restores_a_generator_owned_by_the_sampler(quiet, tmp_path):
+    """``DataLoader(sampler=RandomSampler(data, generator=g))``: the shuffle comes from ``g``,
+    which only the sampler holds (the rebuilt loader's own ``sampler`` attribute is another
+    object), and a mid-epoch resume must still restore it."""
+    from torch.utils.data import DataLoader, RandomSampler
+    path = tmp_path / 'mid.ckpt'
+
+    class OwnGenerator(TinyModel):
+        @property
+        def tng_dataloader(self):
+            data = make_loader(48, 8).dataset
+            sampler = RandomSampler(data, generator=torch.Generator().manual_seed(0))
+            return DataLoader(data, batch_size=8, sampler=sampler)
+
+    class SaveMidEpoch(Callback):
+        def on_save_point(self, trainer, module):
+            where = trainer.current_epoch, trainer.state.batch_idx, trainer._epoch_done
+            if where == (1, 2, False):
+                trainer.save_checkpoint(path)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = OwnGenerator(n=48)
+        Trainer(**quiet(max_nb_epochs=3, early_stop_callback=False, checkpoint_callback=False,
+                        **kw)).fit(model)
+        return model
+
+    full = run(callbacks=[SaveMidEpoch()])
+    resumed = run(resume_from_checkpoint=path)
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

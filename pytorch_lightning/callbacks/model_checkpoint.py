@@ -101,10 +101,10 @@ class ModelCheckpoint(Callback):
             last = os.path.join(self._folder(trainer), f'{self.prefix}last.ckpt')
             if best_path is not None:  # same content: one write, the best file is a link to it
                 after = self._link_then(last, best_path, after)
-            trainer.save_checkpoint(last, then=after)
+            trainer.save_checkpoint(last, then=after, background=True)
             self.last_path = last
         elif best_path is not None:
-            trainer.save_checkpoint(best_path, then=after)
+            trainer.save_checkpoint(best_path, then=after, background=True)
             self.last_path = best_path
 
     @staticmethod
