@@ -4,6 +4,7 @@ A checkpoint is the user's ``get_save_dict()`` content with one reserved key, ``
 holding what the trainer needs to resume exactly (built by the trainer from each part's
 ``state_dict()``; this module never looks inside callbacks).
 """
+import argparse
 import atexit
 import glob
 import os
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from .exceptions import CheckpointError  # noqa: F401  (re-exported for callers)
+from .hparams import hparams_from_typed, typed_hparams
 from .utilities._version import __version__
 
 KEY = 'lightning'
@@ -129,6 +131,8 @@ def load(path):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a file).")
     try:
+        # weights_only=False: get_save_dict() may return any object. What the library itself
+        # writes loads with weights_only=True too (see dump).
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             OSError) as err:
@@ -144,6 +148,62 @@ def load(path):
             f"{KEY!r} section; found {keys}). Load plain weights with "
             f"model.load_state_dict(torch.load(path)).")
     return checkpoint
+
+
+def load_weights(path):
+    """A checkpoint (``load``), or else a ``torch.save`` file holding ``{'state_dict': ...}``
+    (given an empty ``'lightning'`` section: no saved class, no hparams)."""
+    try:
+        return load(path)
+    except CheckpointError:
+        weights = torch.load(path, map_location='cpu', weights_only=False)
+        if not isinstance(weights, dict) or 'state_dict' not in weights:
+            raise
+        return {**weights, KEY: {}}
+
+
+def class_name(cls):
+    """``module.QualName`` of a class, as ``model_class`` stores it."""
+    return f'{cls.__module__}.{cls.__qualname__}'
+
+
+def saved_hparams(checkpoint):
+    """The hyperparameters a checkpoint was written with, in the container they had (dict or
+    ``argparse.Namespace``) and with their value types; ``None`` when the model had none.
+    Checkpoints from before ``hparams_typed`` give their ``hparams`` dict as a Namespace
+    (``None`` when it is empty), as they always did."""
+    meta = checkpoint[KEY]
+    if 'hparams_typed' in meta:
+        return hparams_from_typed(meta['hparams_typed'])
+    return argparse.Namespace(**meta['hparams']) if meta.get('hparams') else None
+
+
+def _load_hint(saved_class, model):
+    if saved_class and saved_class != class_name(type(model)):
+        return (f"It was saved from {saved_class}: call load_from_checkpoint / "
+                f"load_from_metrics on that class instead.")
+    return "Load it into the model class and hyperparameters that wrote it."
+
+
+def construction_error(cls, checkpoint, path, hparams, source, error):
+    """The ``CheckpointError`` for ``cls`` failing to construct with the ``hparams`` read from
+    ``source`` while loading ``path`` (raise it ``from error``): it names the class the
+    checkpoint was saved from, the class asked for, the error and what to do."""
+    saved = checkpoint[KEY].get('model_class')
+    asked = class_name(cls)
+    failed = (f"building {cls.__name__} with {source} ({hparams!r:.300}) raised "
+              f"{type(error).__name__}: {error}")
+    if saved and saved != asked:
+        return CheckpointError(
+            f"checkpoint {os.fspath(path)!r} was saved from {saved}, not {asked}, and {failed}. "
+            f"Call load_from_checkpoint / load_from_metrics on {saved} (the class that wrote "
+            f"it) instead.")
+    origin = f'checkpoint {os.fspath(path)!r} (saved from {saved})' if saved else (
+        f'weights file {os.fspath(path)!r}')
+    return CheckpointError(
+        f"{origin}: {failed}. {cls.__name__}.__init__ no longer accepts the hyperparameters the "
+        f"model was saved with: accept them again (e.g. give a new hyperparameter a default), "
+        f"or build the model yourself and call load_model_specific(checkpoint).")
 
 
 def describe_mismatch(model, state_dict):
@@ -166,41 +226,55 @@ def describe_mismatch(model, state_dict):
 
 def load_into_model(model, checkpoint, path):
     """Call the model's ``load_model_specific(checkpoint)``; a wrong model gives a
-    ``CheckpointError`` naming the file, the saved class and what does not match."""
-    saved_class = checkpoint[KEY].get('model_class', '?')
+    ``CheckpointError`` naming the file, the saved class and what does not match, and an
+    error raised by ``load_model_specific`` is re-raised as a ``CheckpointError`` naming the
+    saved class (the original error chained)."""
+    saved_class = checkpoint[KEY].get('model_class')
     state = checkpoint.get('state_dict')
     if isinstance(state, dict):
         problem = describe_mismatch(model, state)
         if problem:
             raise CheckpointError(
-                f"checkpoint {os.fspath(path)!r} (saved from {saved_class}) does not fit "
-                f"{type(model).__name__}: {problem}. Load it into the model class and "
-                f"hyperparameters that wrote it.")
+                f"checkpoint {os.fspath(path)!r} (saved from {saved_class or '?'}) does not fit "
+                f"{type(model).__name__}: {problem}. {_load_hint(saved_class, model)}")
     try:
         model.load_model_specific(checkpoint)
-    except (RuntimeError, KeyError) as err:
+    except Exception as err:
         raise CheckpointError(
             f"load_model_specific failed for checkpoint {os.fspath(path)!r} (saved from "
-            f"{saved_class}) into {type(model).__name__}: {err}") from err
+            f"{saved_class or '?'}) into {type(model).__name__}: {type(err).__name__}: {err}. "
+            f"{_load_hint(saved_class, model)}") from err
 
 
 # ------------------------------------------------------------------------------ RNG
 def capture_rng():
-    """The state of every random generator a training step can touch. Python's state (625
-    ints) is kept as one uint32 array: pickled as a tuple, each int is a separate object
-    for ``torch.save`` (measured: ~1 ms of a small model's checkpoint went there)."""
+    """The state of every random generator a training step can touch, as tensors and plain
+    Python types (so ``torch.load(weights_only=True)`` reads it):
+
+    ``{'python': (version, int64 tensor of its 625 words, gauss),
+    'numpy': ('MT19937', int64 tensor of its 624 key words, pos, has_gauss, cached_gaussian),
+    'torch': uint8 tensor, 'cuda': [uint8 tensor per device] (only once CUDA is in use)}``.
+
+    The word arrays are tensors rather than tuples of ints because ``torch.save`` pickles a
+    tuple int by int (measured: ~1 ms of a small model's checkpoint went there)."""
     version, internal, gauss = random.getstate()
-    state = {'python': (version, np.asarray(internal, dtype=np.uint32), gauss),
-             'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {'python': (version, torch.from_numpy(np.asarray(internal, dtype=np.int64)), gauss),
+             'numpy': (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos),
+                       int(has_gauss), float(cached)),
+             'torch': torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state):
+    """Set every generator back to a ``capture_rng`` state. States written before they were
+    tensors (numpy uint32 arrays and numpy's own state tuple) are accepted too."""
     version, internal, gauss = state['python']
-    random.setstate((version, tuple(int(v) for v in internal), gauss))
-    np.random.set_state(state['numpy'])
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, np.asarray(keys).astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
@@ -221,10 +295,39 @@ def callback_keys(callbacks):
     return keys
 
 
+def plain_types(value):
+    """``value`` with everything ``torch.load(weights_only=True)`` refuses turned into what it
+    accepts, recursively through dicts, lists and tuples: numpy scalars become Python numbers
+    (or bools, or str), numpy arrays become tensors, ``os.PathLike`` becomes str, an
+    ``argparse.Namespace`` becomes a dict of its attributes, a namedtuple a plain tuple, and
+    dict subclasses plain dicts. Tensors and Python's own scalars stay as they are; any other
+    object is left as it is (a checkpoint holding one needs ``weights_only=False``)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in 'biufc':  # numbers (not str/object)
+        return torch.tensor(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {plain_types(key): plain_types(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [plain_types(item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
 def dump(trainer, position, durable_logs=False):
     """The checkpoint dict for ``trainer`` right now. ``position`` says where the loop
     stands (see ``Trainer._position``). Every part contributes its own ``state_dict()``.
-    ``durable_logs``: wait until the logger's rows are on disk (see ``TestTubeLogger``)."""
+    ``durable_logs``: wait until the logger's rows are on disk (see ``TestTubeLogger``).
+
+    The whole ``'lightning'`` section goes through ``plain_types``, so a checkpoint whose
+    ``get_save_dict()`` holds only tensors and plain types loads with
+    ``torch.load(path, weights_only=True)``."""
     module = trainer.module
     checkpoint = dict(module.get_save_dict())
     if KEY in checkpoint:
@@ -236,10 +339,12 @@ def dump(trainer, position, durable_logs=False):
         grads = [[None if p.grad is None else p.grad.detach().clone() for p in group]
                  for group in trainer.param_groups]
     callbacks = trainer.checkpointed_callbacks
-    checkpoint[KEY] = {
+    typed = typed_hparams(getattr(module, 'hparams', None))
+    checkpoint[KEY] = plain_types({
         'library_version': __version__,
-        'model_class': f'{type(module).__module__}.{type(module).__qualname__}',
-        'hparams': trainer.hparams_dict(),
+        'model_class': class_name(type(module)),
+        'hparams': {} if typed is None else typed['values'],  # for readers of older versions
+        'hparams_typed': typed,
         'trainer_state': trainer.state.state_dict(),
         'position': position,
         'rng': capture_rng(),
@@ -250,7 +355,7 @@ def dump(trainer, position, durable_logs=False):
                    else trainer.logger.state_dict(trainer.state.total_batches, durable_logs)),
         'accumulated_grads': grads,
         'val_metrics': dict(trainer.val_metrics),
-    }
+    })
     return checkpoint
 
 

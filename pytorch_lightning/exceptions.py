@@ -12,4 +12,5 @@ class NonFiniteLossError(FloatingPointError):
 
 class CheckpointError(Exception):
     """A checkpoint file cannot be used: unreadable, truncated, not ours, or for another
-    model. The message names the file and what is wrong."""
+    model (its weights do not fit, or the model cannot be built with its hparams). The message
+    names the file, the class that saved it where known, and what is wrong."""

@@ -1,7 +1,16 @@
-"""Glue between hyperparameters (argparse / test-tube) and plain dicts."""
+"""Glue between hyperparameters (argparse / test-tube) and plain dicts, and the typed copy of
+the hyperparameters (``hparams.json``) that keeps ints, floats and the container type."""
 import argparse
 import ast
 import csv
+import json
+import os
+import tempfile
+
+import numpy as np
+
+#: The typed copy of a model's hyperparameters, beside test-tube's ``meta_tags.csv``.
+HPARAMS_FILE = 'hparams.json'
 
 
 def hparams_to_dict(hparams):
@@ -48,36 +57,107 @@ def read_tags_csv(path):
         return {row['key']: _parse_tag(row['value']) for row in csv.DictReader(f)}
 
 
-# (temporary until the typed-hparams branch lands: same interface)
-HPARAMS_FILE = 'hparams.json'
+
+# ------------------------------------------------------------------------------ typed copy
+def _json_value(value):
+    """``value`` as plain JSON types (see ``typed_hparams``)."""
+    if isinstance(value, np.generic):  # numpy scalars: np.int64 -> int, np.float32 -> float
+        value = value.item()
+    if value is None or type(value) in (bool, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(value)
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    return str(value)
 
 
 def typed_hparams(hparams):
-    import json
+    """A JSON-serialisable record of ``hparams`` that keeps its types:
+    ``{'container': 'namespace' | 'dict', 'values': {name: value}}``.
+
+    ``container`` is ``'dict'`` for a dict and ``'namespace'`` for anything else (an
+    ``argparse.Namespace``, a test-tube namespace, an object with attributes). The names are
+    those ``hparams_to_dict`` keeps (no callables, no ``_private`` names). Values become plain
+    JSON types: ``None``, bools, ints, floats and strings stay as they are (numpy scalars become
+    the Python number or bool they hold), paths become strings, tuples become lists, lists
+    and dicts are converted item by item (dict keys become strings), and any other value (a
+    tensor, a device, a set) becomes ``str(value)``. ``None`` gives ``None``."""
+    if hparams is None:
+        return None
     container = 'dict' if isinstance(hparams, dict) else 'namespace'
-    values = json.loads(json.dumps(hparams_to_dict(hparams), default=str))
-    return {'container': container, 'values': values}
+    values = hparams_to_dict(hparams)
+    return {'container': container,
+            'values': {str(name): _json_value(value) for name, value in values.items()}}
 
 
 def hparams_from_typed(record):
-    values = dict(record['values'])
-    return values if record['container'] == 'dict' else argparse.Namespace(**values)
+    """The hyperparameters a ``typed_hparams`` record describes: a ``dict`` for container
+    ``'dict'``, an ``argparse.Namespace`` for ``'namespace'``; ``None`` for ``None``."""
+    if record is None:
+        return None
+    container = record.get('container')
+    if container == 'dict':
+        return dict(record['values'])
+    if container == 'namespace':
+        return argparse.Namespace(**record['values'])
+    raise ValueError(f"typed hparams record has container {container!r}; expected 'dict' or "
+                     f"'namespace' (a record written by typed_hparams).")
 
 
 def save_hparams_file(folder, hparams):
-    import json
-    import os
+    """Write ``typed_hparams(hparams)`` as JSON to ``folder/hparams.json`` (creating
+    ``folder``) and return that path. Atomic: the JSON goes to a temporary file in the same
+    folder, is fsynced and renamed over the old file, so a reader never sees half a file.
+    ``None`` hparams write ``null``."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, HPARAMS_FILE)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(typed_hparams(hparams), f)
-    os.replace(path + '.tmp', path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{HPARAMS_FILE}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(typed_hparams(hparams), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
 
 
 def load_hparams_file(folder):
-    import json
-    import os
-    try:
-        with open(os.path.join(folder, HPARAMS_FILE)) as f:
-            return json.load(f)
-    except FileNotFoundError:
+    """The record in ``folder/hparams.json`` (see ``typed_hparams``); ``None`` when the file is
+    absent or holds ``null``. A file that is not such a record raises ``ValueError`` naming it."""
+    path = os.path.join(os.fspath(folder), HPARAMS_FILE)
+    if not os.path.isfile(path):
         return None
+    with open(path) as f:
+        try:
+            record = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); delete it or rewrite it with "
+                             f"save_hparams_file.") from err
+    if record is not None and not (isinstance(record, dict)
+                                   and isinstance(record.get('values'), dict)):
+        raise ValueError(f"{path} does not hold a typed hparams record ({{'container': ..., "
+                         f"'values': {{...}}}}); rewrite it with save_hparams_file.")
+    return record
+
+
+def hparams_beside_tags(tags_csv):
+    """``(hparams, source)`` for ``RootModule.load_from_metrics``: from ``hparams.json`` when
+    it sits beside ``tags_csv`` (a dict or Namespace, types intact), else
+    ``dict_to_hparams(read_tags_csv(tags_csv))``; ``source`` is the file read."""
+    folder = os.path.dirname(os.fspath(tags_csv))
+    record = load_hparams_file(folder)
+    if record is not None:
+        return hparams_from_typed(record), os.path.join(folder, HPARAMS_FILE)
+    return dict_to_hparams(read_tags_csv(tags_csv)), os.fspath(tags_csv)

@@ -110,44 +110,53 @@ class RootModule(nn.Module):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path):
         """Rebuild the model from a checkpoint on the CPU: construct it with the saved hparams
-        (as an ``argparse.Namespace``; ``cls(hparams)`` or ``cls()`` then ``.hparams = ...``),
-        then ``load_model_specific(checkpoint)``. Raises ``CheckpointError`` naming the file
-        when it is unreadable or does not fit this class."""
+        (the container it had, a ``dict`` or an ``argparse.Namespace``, with the value types it
+        had; ``cls(hparams)`` or ``cls()`` then ``.hparams = ...``), then
+        ``load_model_specific(checkpoint)``. Raises ``CheckpointError`` naming the file when it
+        is unreadable, when construction fails (naming the class that saved it) or when the
+        weights do not fit this class. Another class than the saved one (a subclass, the same
+        class imported under another module name) is accepted when both steps succeed."""
         from . import checkpoint_io
-        from .hparams import dict_to_hparams
         checkpoint = checkpoint_io.load(checkpoint_path)
-        saved = checkpoint[checkpoint_io.KEY].get('hparams')
-        model = cls._construct(dict_to_hparams(saved) if saved else None)
+        model = cls._construct(checkpoint_io.saved_hparams(checkpoint), checkpoint,
+                               checkpoint_path, 'the hparams saved in the checkpoint')
         checkpoint_io.load_into_model(model, checkpoint, checkpoint_path)
         return model
 
     @classmethod
     def load_from_metrics(cls, weights_path, tags_csv):
-        """Classic loading: hparams from test-tube's ``meta_tags.csv`` (values parsed back to
-        numbers/bools/None where they look like them), weights from ``weights_path`` (a
-        checkpoint, or a file holding ``{'state_dict': ...}``), on the CPU."""
-        import torch
+        """Classic loading, on the CPU: hparams from the experiment folder that holds
+        ``tags_csv`` (test-tube's ``meta_tags.csv``), weights from ``weights_path`` (a
+        checkpoint, or a file holding ``{'state_dict': ...}``). When ``hparams.json`` (see
+        ``hparams.save_hparams_file``) sits beside ``tags_csv`` the hparams come from it,
+        container and value types intact; otherwise from the CSV, as an ``argparse.Namespace``
+        with values parsed back to numbers/bools/None where they look like them (test-tube may
+        have turned ints into floats there). Errors as in ``load_from_checkpoint``."""
         from . import checkpoint_io
-        from .hparams import dict_to_hparams, read_tags_csv
-        model = cls._construct(dict_to_hparams(read_tags_csv(tags_csv)))
-        try:
-            checkpoint = checkpoint_io.load(weights_path)
-        except checkpoint_io.CheckpointError:
-            checkpoint = torch.load(weights_path, map_location='cpu', weights_only=False)
-            if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
-                raise
-            checkpoint = {**checkpoint, checkpoint_io.KEY: {}}
+        from .hparams import hparams_beside_tags
+        hparams, source = hparams_beside_tags(tags_csv)
+        checkpoint = checkpoint_io.load_weights(weights_path)
+        model = cls._construct(hparams, checkpoint, weights_path, f'the hparams from {source}')
         checkpoint_io.load_into_model(model, checkpoint, weights_path)
         return model
 
     @classmethod
-    def _construct(cls, hparams):
+    def _construct(cls, hparams, checkpoint, path, source):
+        """``cls(hparams)`` when ``__init__`` takes an argument, else ``cls()`` then
+        ``.hparams = hparams``. Any error there becomes a ``CheckpointError`` that names the
+        class ``checkpoint`` (read from ``path``) was saved from; ``source`` says where
+        ``hparams`` came from."""
+        from . import checkpoint_io
         from .utilities import accepts
-        if hparams is not None and accepts(cls.__init__, 2):  # (self, hparams)
-            return cls(hparams)
-        model = cls()
-        model.hparams = hparams
-        return model
+        try:
+            if hparams is not None and accepts(cls.__init__, 2):  # (self, hparams)
+                return cls(hparams)
+            model = cls()
+            model.hparams = hparams
+            return model
+        except Exception as err:
+            raise checkpoint_io.construction_error(cls, checkpoint, path, hparams, source,
+                                                   err) from err
 
     # ------------------------------------------------------------------ arguments
     @staticmethod

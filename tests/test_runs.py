@@ -225,3 +225,23 @@ def test_reopened_version_keeps_int_columns_and_typed_tags(tmp_path):
     assert [r['epoch'] for r in rows if r['val_loss']] == ['0', '0']
     assert all('.' not in r['step'] and '.' not in r['global_step'] for r in rows)
     assert type(reopened.metrics[0]['step']) is int
+
+
+def test_load_from_metrics_after_a_logged_fit_keeps_int_hparams(tmp_path):
+    """The whole path: the logger writes hparams.json beside meta_tags.csv (where test-tube
+    writes `8.0`), and load_from_metrics builds the layer with the int."""
+    import argparse
+    from torch import nn
+
+    class Sized(TinyModel):
+        def __init__(self, hparams):
+            super().__init__(hparams)
+            self.layer = nn.Sequential(nn.Linear(32, hparams.hidden), nn.Linear(hparams.hidden, 2))
+
+    Trainer(**logged(tmp_path, max_nb_epochs=1)).fit(
+        Sized(argparse.Namespace(hidden=8, lr=0.5)))
+    folder = tmp_path / 'lightning_logs' / 'version_0'
+    with open(folder / 'meta_tags.csv') as f:
+        assert '8.0' in f.read()  # test-tube's float column
+    model = Sized.load_from_metrics(folder / 'checkpoints' / 'last.ckpt', folder / 'meta_tags.csv')
+    assert type(model.hparams.hidden) is int and model.layer[0].out_features == 8
