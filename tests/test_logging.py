@@ -216,5 +216,5 @@ def test_writer_spaces_slow_saves_by_their_cost(tmp_path, monkeypatch):
                         lambda self: (time.sleep(0.2), real_save(self)))  # a long run's save
     start = time.monotonic()
     logger.flush()
-    assert logger._next_save >= start + 0.2 / tt.SAVE_SHARE  # >= 4 s later, not 1 s
+    assert logger._next_save >= start + 0.2 / tt.SAVE_SHARE  # >= 10 s later, not 1 s
     logger.finalize()

@@ -2,8 +2,10 @@
 
 The training thread only appends rows to a list (about a microsecond). A writer thread hands
 them to test-tube in bursts, at most about once per second, and saves (test-tube rewrites
-``metrics.csv`` and flushes TensorBoard). It also does the slow start: importing test-tube
-and opening the experiment, so the first batches never wait for it.
+``metrics.csv`` and flushes TensorBoard). Opening (importing test-tube, creating the
+experiment) happens in the training thread when the logger opens at the start of ``fit``:
+errors surface there, and measured, doing it on the writer thread while the loop runs costs
+the loop more (the two threads take turns on the GIL).
 
 Rows logged but not yet saved travel inside every checkpoint (``state_dict``), so a run
 killed at any moment and resumed from a checkpoint has exactly the rows of an
@@ -31,8 +33,9 @@ from ..hparams import hparams_to_dict, load_hparams_file, save_hparams_file
 #: The writer thread hands rows to test-tube and saves at most this often...
 SAVE_EVERY_S = 1.0
 #: ... and, for long runs whose CSV rewrite gets slow (test-tube rewrites the whole file), at
-#: most this share of the time goes to saves: a 0.5 s rewrite then runs every 10 s.
-SAVE_SHARE = 0.05
+#: most this share of the time goes to saves (they hold the GIL): a 0.2 s rewrite then runs
+#: every 10 s.
+SAVE_SHARE = 0.02
 #: Longest wait for the writer (opening, a save, stopping). Nothing in logging waits longer.
 WAIT_TIMEOUT_S = 120.0
 #: The lock's owner touches the lock file this often, so another host can tell it is alive.
@@ -237,7 +240,6 @@ class TestTubeLogger:
         self._rows_at_open, self._saved = 0, 0
         self._save_wanted = False
         self._error = None
-        self._ready = threading.Event()
         self._exp_lock = threading.Lock()       # held while test-tube is called
         self._wake = threading.Condition()      # wakes the writer to stop
         self._stopping = False
@@ -278,8 +280,8 @@ class TestTubeLogger:
 
     # -------------------------------------------------------------- opening
     def _open(self):
-        """Take the version folder and start the writer thread (cheap: the thread imports
-        test-tube and opens the experiment while training goes on)."""
+        """Take the version folder, open the experiment and start the writer thread. Errors
+        (a folder in use, an unreadable experiment) are raised here, at the start of fit."""
         if not self.debug:
             try:
                 folder = self.log_dir
@@ -291,19 +293,25 @@ class TestTubeLogger:
             self._lock = FolderLock(folder)
             self._lock.acquire()
         self._rows, self._handed, self._error, self._pending_tags = [], 0, None, []
-        self._stopping, self._ready = False, threading.Event()
+        self._stopping = False
+        try:
+            self._open_experiment()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            raise
         self._next_save = time.monotonic() + SAVE_EVERY_S  # a short run saves once, at its end
         exp = self.user_experiment
         if exp is not None:  # its own calls go through the logger while it is open
             exp.log, exp.tag, exp.save = self.log, self.tag, self.save
         _open_loggers.add(self)
-        import test_tube  # noqa: F401  (here, not on the writer thread: see docs/logging.md)
         self._thread = threading.Thread(target=self._serve, name='lightning-log-writer',
                                         daemon=True)
         self._thread.start()
 
     def _open_experiment(self):
-        """(writer thread) The Experiment to write, with the rows a resume keeps."""
+        """The Experiment to write, with the rows a resume keeps."""
         resume, self._resume = self._resume, None
         exp, user = self._exp, self.user_experiment
         self._exp = None  # set again once opened
@@ -351,14 +359,6 @@ class TestTubeLogger:
 
     # -------------------------------------------------------------- the writer thread
     def _serve(self):
-        try:
-            with self._exp_lock:
-                self._open_experiment()
-        except BaseException as err:  # reported to the training thread at its next call
-            self._error = err
-            return
-        finally:
-            self._ready.set()
         next_beat = time.monotonic() + HEARTBEAT_S
         while True:
             now = time.monotonic()
@@ -411,12 +411,6 @@ class TestTubeLogger:
         type(self._exp).save(self._exp)
         self._saved = saved
         self._next_save = start + max(SAVE_EVERY_S, (time.monotonic() - start) / SAVE_SHARE)
-
-    def _wait_ready(self):
-        if not self._ready.wait(WAIT_TIMEOUT_S):
-            raise LoggerError(f"the log writer did not open {self.log_dir!r} within "
-                              f"{WAIT_TIMEOUT_S:.0f} s (a very slow file system?).")
-        self._raise_error()
 
     def _raise_error(self):
         if self._error is not None:
@@ -484,7 +478,7 @@ class TestTubeLogger:
         experiment holds. Raises ``LoggerError`` if a write failed."""
         if self._thread is None:
             return self._saved
-        self._wait_ready()
+        self._raise_error()
         with self._locked():
             self._drain()
             self._save_now()
@@ -507,12 +501,11 @@ class TestTubeLogger:
                 raise LoggerError(f"the log writer for {self.log_dir!r} did not stop within "
                                   f"{WAIT_TIMEOUT_S:.0f} s.")
             self._raise_error()
-            if self._exp is not None:  # None: opening failed, and that error was raised
-                with self._locked():
-                    self._drain()
-                    self._save_now()
-                    if self._exp is not exp:
-                        self._exp.close()
+            with self._locked():
+                self._drain()
+                self._save_now()
+                if self._exp is not exp:
+                    self._exp.close()
         finally:
             self._thread = None
             if exp is not None:
@@ -530,8 +523,6 @@ class TestTubeLogger:
         TensorBoard step. Never waits for a save unless ``durable`` (SLURM preemption)."""
         if durable:
             self.flush()
-        elif self._thread is not None:
-            self._wait_ready()
         rows = self._rows
         first = max(0, self._saved - self._rows_at_open)
         # rows sharing the first carried row's step travel too: a resume hides TensorBoard
