@@ -19,6 +19,7 @@ import torch
 
 from .exceptions import CheckpointError  # noqa: F401  (re-exported for callers)
 from .hparams import hparams_from_typed, typed_hparams
+from .utilities import pid_alive
 from .utilities._version import __version__
 
 KEY = 'lightning'
@@ -65,16 +66,6 @@ def wait_for_saves():
     _finisher.wait()
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _finish(tmp, path, then):
     folder = os.path.dirname(path)
     fd = os.open(tmp, os.O_RDONLY)
@@ -91,7 +82,7 @@ def _finish(tmp, path, then):
     pattern = glob.escape('.' + os.path.basename(path)) + '.*.tmp'
     for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
         pid = stale[:-len('.tmp')].split('.')[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             os.remove(stale)  # left by a process killed while saving
     if then is not None:
         then()

@@ -1,6 +1,5 @@
 """Each fit is a run: log versions, the folder lock between runs, fresh callback state, and
 what a run's metrics.csv holds (step columns, types, times)."""
-import csv
 import datetime
 import json
 import os
@@ -20,20 +19,10 @@ from pytorch_lightning.loggers import TestTubeLogger
 from pytorch_lightning.loggers.test_tube import LOCK_NAME, STALE_AFTER_S, FolderLock
 
 from models import TinyModel
+from test_logging import logged_kwargs as logged
+from test_logging import read_rows
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
-def read_rows(folder):
-    with open(os.path.join(folder, 'metrics.csv')) as f:
-        return list(csv.DictReader(f))
-
-
-def logged(tmp_path, **overrides):
-    kwargs = dict(default_save_path=str(tmp_path), progress_bar=False,
-                  print_weights_summary=False, max_nb_epochs=2, nb_sanity_val_steps=0)
-    kwargs.update(overrides)
-    return kwargs
 
 
 class Worsening(TinyModel):

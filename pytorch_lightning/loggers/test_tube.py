@@ -29,6 +29,7 @@ import weakref
 
 from ..exceptions import MisconfigurationException
 from ..hparams import hparams_to_dict, load_hparams_file, save_hparams_file
+from ..utilities import pid_alive
 
 #: The writer thread hands rows to test-tube and saves at most this often...
 SAVE_EVERY_S = 1.0
@@ -62,16 +63,6 @@ def _process_start(pid):
             return int(f.read().rsplit(')', 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _parse_cell(text):
@@ -161,7 +152,7 @@ class FolderLock:
     def _stale(self, owner):
         if owner.get('host') == socket.gethostname() and 'pid' in owner:
             pid = owner['pid']
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
             start = _process_start(pid)
             return start is not None and owner.get('start') is not None and start != owner['start']

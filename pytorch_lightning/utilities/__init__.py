@@ -1,6 +1,7 @@
 """Small helpers with no dependencies on the rest of the package."""
 import inspect
 import numbers
+import os
 
 import torch
 
@@ -84,3 +85,14 @@ class StepOutputs(list):
     def __init__(self, outputs=(), batch_sizes=()):
         super().__init__(outputs)
         self.batch_sizes = list(batch_sizes)
+
+
+def pid_alive(pid):
+    """Whether process ``pid`` exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
