@@ -1,6 +1,7 @@
 """Device building blocks tested without a GPU: the ``gpus`` forms and their errors, batch
 transfer, the DataParallel reduction rule and the runner's one-device path."""
 import collections
+import contextlib
 import threading
 import types
 import warnings
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from pytorch_lightning.exceptions import MisconfigurationException
+from pytorch_lightning.placement import data_parallel
 from pytorch_lightning.placement.data_parallel import (
     DataParallelRunner, _slice_size, reduce_replica_outputs)
 from pytorch_lightning.placement.gpus import parse_gpus, root_gpu
@@ -289,3 +291,118 @@ def test_slice_size_is_the_first_dimension_of_the_first_tensor_with_one():
     assert _slice_size((torch.tensor(1.0), [{'x': torch.zeros(3)}])) == 3
     assert _slice_size(Pair('a', torch.zeros(2, 1))) == 2
     assert _slice_size(['text', 4]) is None
+
+
+@pytest.fixture
+def two_fake_gpus(monkeypatch):
+    """The runner's multi-device path on the CPU: scatter chunks a tuple batch like torch's
+    Scatter, every "replica" is the module itself (so gradients add up on its parameters, as
+    they do through replicate's Broadcast), and the CUDA device/stream calls do nothing.
+    Returns the list of ``replicate`` calls as ``(devices, detach)``."""
+    replicated = []
+
+    def scatter(batch, ids):
+        return [tuple(piece) for piece in zip(*[t.chunk(len(ids)) for t in batch])]
+
+    def replicate(module, devices, detach):
+        replicated.append((devices, detach))
+        return [module for _ in devices]
+
+    monkeypatch.setattr(data_parallel, 'scatter', scatter)
+    monkeypatch.setattr(data_parallel, 'replicate', replicate)
+    monkeypatch.setattr(torch.cuda, 'current_stream', lambda device: None)
+    monkeypatch.setattr(torch.cuda, 'device', NoDevice)  # torch checks isinstance(x, device)
+    return replicated
+
+
+class NoDevice(contextlib.nullcontext):
+    """Stands in for ``torch.cuda.device`` (a class) as a context that does nothing."""
+
+
+class Regressor(torch.nn.Module):
+    """Records, per call, the thread, the slice size, grad mode and the context flag."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(3, 1)
+        self.inside = threading.local()
+        self.calls = []
+
+    def training_step(self, batch, batch_nb):
+        x, y = batch
+        if batch_nb == 'fail' and len(x) == 3:
+            raise KeyError('the second replica failed')
+        self.calls.append((threading.get_ident(), len(x), torch.is_grad_enabled(),
+                           getattr(self.inside, 'flag', False)))
+        out = self.layer(x).squeeze(1)
+        return ((out - y) ** 2).mean(), {'preds': out, 'name': 'step'}
+
+
+def flag_context(model):
+    @contextlib.contextmanager
+    def context():
+        model.inside.flag = True
+        yield
+        model.inside.flag = False
+    return context
+
+
+def test_runner_runs_each_slice_in_its_own_thread_inside_the_context(two_fake_gpus):
+    model = Regressor()
+    x, y = torch.randn(7, 3), torch.randn(7)
+    runner = DataParallelRunner(model, [0, 1])
+    runner.output_device = torch.device('cpu')  # where the fake replicas' outputs live
+    loss, metrics = runner.run('training_step', (x, y), 0, context=flag_context(model))
+
+    assert two_fake_gpus == [([0, 1], False)]
+    assert sorted(size for _, size, _, _ in model.calls) == [3, 4]
+    assert all(grad and flag for _, _, grad, flag in model.calls)
+    threads = {thread for thread, _, _, _ in model.calls}
+    assert len(threads) == 2 and threading.get_ident() not in threads
+    assert getattr(model.inside, 'flag', False) is False  # never entered in this thread
+
+    whole = ((model.layer(x).squeeze(1) - y) ** 2).mean()
+    expected = torch.autograd.grad(whole, model.layer.weight)[0]
+    loss.backward()
+    torch.testing.assert_close(loss, whole)
+    torch.testing.assert_close(model.layer.weight.grad, expected)
+    torch.testing.assert_close(metrics['preds'], model.layer(x).squeeze(1))
+    assert metrics['name'] == 'step'
+
+
+def test_runner_passes_grad_mode_to_the_replicas_and_detaches_them(two_fake_gpus):
+    model = Regressor()
+    runner = DataParallelRunner(model, [0, 1])
+    runner.output_device = torch.device('cpu')
+    with torch.no_grad():
+        runner.run('training_step', (torch.randn(4, 3), torch.randn(4)), 0)
+    assert two_fake_gpus == [([0, 1], True)]
+    assert [grad for _, _, grad, _ in model.calls] == [False, False]
+
+
+def test_runner_with_fewer_samples_than_devices_calls_the_module_itself(two_fake_gpus):
+    model = Regressor()
+    runner = DataParallelRunner(model, [0, 1])
+    runner.run('training_step', (torch.randn(1, 3), torch.randn(1)), 0,
+               context=flag_context(model))
+    assert two_fake_gpus == []
+    assert model.calls == [(threading.get_ident(), 1, True, True)]
+
+
+def test_an_error_in_a_replica_is_raised_in_the_caller(two_fake_gpus):
+    runner = DataParallelRunner(Regressor(), [0, 1])
+    with pytest.raises(KeyError, match='the second replica failed'):
+        runner.run('training_step', (torch.randn(7, 3), torch.randn(7)), 'fail')
+
+
+def test_replicas_of_a_root_module_share_its_attributes():
+    """``torch.nn.parallel.replicate`` builds each replica with this method (the GPU tests
+    run the real thing): RootModule's ``__new__`` must not reset what the copy shares."""
+    from models import TinyModel
+    model = TinyModel(hparams={'lr': 0.1})
+    model.trainer = trainer = object()
+    replica = model._replicate_for_data_parallel()
+    assert type(replica) is TinyModel and replica is not model
+    assert replica.hparams == {'lr': 0.1} and replica.trainer is trainer
+    assert replica.batch_size == model.batch_size
