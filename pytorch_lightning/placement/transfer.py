@@ -1,0 +1,65 @@
+"""Moving a batch to a device: the default behind the ``transfer_batch_to_device`` hook."""
+import inspect
+from collections import defaultdict
+from collections.abc import Mapping
+
+import torch
+
+
+def move_to_device(batch, device, non_blocking=False):
+    """Return ``batch`` with every tensor in it on ``device``.
+
+    Walks lists, tuples, namedtuples (rebuilt as the same namedtuple type) and mappings
+    (rebuilt as the same type when it can be built from ``(key, value)`` pairs, so an
+    ``OrderedDict`` stays one; a ``defaultdict`` keeps its factory; other mappings become a
+    ``dict``). Any other object with a ``.to()`` method is moved with ``obj.to(device)``,
+    plus ``non_blocking`` when its ``.to`` accepts that keyword; a ``.to()`` that moves in
+    place and returns ``None`` leaves the object itself in the result. Everything else
+    (numbers, strings, ``None``) is returned as it is.
+
+    ``non_blocking=True`` is used only where it is safe and useful: for a copy to CUDA from a
+    tensor in pinned memory (``tensor.is_pinned()``, e.g. a ``DataLoader(pin_memory=True)``).
+    """
+    device = torch.device(device)
+    return _move(batch, device, non_blocking and device.type == 'cuda')
+
+
+def _move(obj, device, non_blocking):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking and obj.is_pinned())
+    if isinstance(obj, (list, tuple)):
+        return rebuild_sequence(obj, [_move(item, device, non_blocking) for item in obj])
+    if isinstance(obj, Mapping):
+        return rebuild_mapping(obj, [(k, _move(v, device, non_blocking)) for k, v in obj.items()])
+    to = getattr(obj, 'to', None)
+    if callable(to):
+        moved = to(device, non_blocking=non_blocking) if _takes_non_blocking(to) else to(device)
+        return obj if moved is None else moved
+    return obj
+
+
+def rebuild_sequence(template, items):
+    """A list or tuple of ``template``'s type holding ``items`` (namedtuples by field)."""
+    if hasattr(template, '_fields'):  # a namedtuple: its constructor takes one argument a field
+        return type(template)(*items)
+    return type(template)(items)
+
+
+def rebuild_mapping(template, pairs):
+    """A mapping like ``template`` holding ``pairs``: its own type when that type can be built
+    from pairs (``dict``, ``OrderedDict``, most subclasses), a ``defaultdict`` with the same
+    factory, else a plain ``dict``."""
+    if isinstance(template, defaultdict):
+        return defaultdict(template.default_factory, pairs)
+    try:
+        return type(template)(pairs)
+    except TypeError:  # e.g. a read-only mapping view, or a constructor with other arguments
+        return dict(pairs)
+
+
+def _takes_non_blocking(method):
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: do not guess
+        return False
+    return any(p.name == 'non_blocking' or p.kind is p.VAR_KEYWORD for p in parameters)
