@@ -41,6 +41,7 @@ class CheckpointingMixin:
             raise MisconfigurationException(
                 f"save_checkpoint({os.fspath(path)!r}) was called before fit(): there is no "
                 f"run to save yet. Call it from a callback during fit, or after fit returned.")
+        self.check_finite_losses()  # never save weights trained on a NaN loss
         checkpoint = checkpoint_io.dump(self, self._position(), durable_logs=not background)
         checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)

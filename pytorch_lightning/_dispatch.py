@@ -5,6 +5,7 @@ and callback hooks that are really overridden, adapted to the arity the user cho
 (seed-style ``on_batch_start()`` or classic ``on_batch_start(batch)``).
 """
 import functools
+import inspect
 
 from .callbacks.base import CALLBACK_HOOKS, Callback
 from .exceptions import MisconfigurationException
@@ -60,25 +61,26 @@ def adapt_module_hook(module, name):
         + (f" or `def {name}({no_args})`." if expected and seed_style else "."))
 
 
-def adapt_step(module, name, nb_optimizers=1):
-    """``module.<name>`` as a callable ``(batch, batch_nb, optimizer_i)`` whatever arity the
-    user wrote; ``None`` when the module has no such method."""
+def step_arity(module, name, nb_optimizers=1):
+    """How many positional arguments to pass ``module.<name>``: 1 ``(batch)``, 2 ``(batch,
+    batch_nb)`` or 3 ``(batch, batch_nb, optimizer_i)``, whatever arity the user wrote;
+    ``None`` when the module has no such method. (A count, not a wrapper, so that the device
+    part can call the method on replicas of the module.)"""
     fn = getattr(module, name, None)
     if fn is None:
         return None
     if name == 'training_step' and nb_optimizers > 1:
         if accepts(fn, 3):
-            return fn
+            return 3
         raise MisconfigurationException(
             f"configure_optimizers returned {nb_optimizers} optimizers, but training_step "
             f"cannot take a third argument. Define `def training_step(self, data_batch, "
             f"batch_nb, optimizer_i)` and return the loss for optimizer number optimizer_i.")
-    if accepts(fn, 2):
-        return lambda b, i, o=0: fn(b, i)
-    if accepts(fn, 1):
-        return lambda b, i, o=0: fn(b)
+    for count in (2, 1):
+        if accepts(fn, count):
+            return count
     if name == 'training_step' and accepts(fn, 3):
-        return fn
+        return 3
     problem = ('takes no batch argument' if accepts(fn, 0) else
                'requires more arguments than the trainer passes')
     raise MisconfigurationException(
@@ -109,6 +111,9 @@ class HookDispatcher:
                 if is_overridden(cb, name, Callback) and name not in cb.skip_hooks:
                     self.hooks[name].append(functools.partial(getattr(cb, name), trainer, module))
         self.module_optimizer_step = adapt_module_hook(module, 'optimizer_step')
+        self.optimizer_step_takes_closure = (
+            self.module_optimizer_step is not None
+            and 'second_order_closure' in inspect.signature(self.module_optimizer_step).parameters)
 
     def call(self, name, *args):
         for fn in self.hooks[name]:

@@ -345,6 +345,7 @@ def dump(trainer, position, durable_logs=False):
         'logger': (None if trainer.logger is None
                    else trainer.logger.state_dict(trainer.state.total_batches, durable_logs)),
         'accumulated_grads': grads,
+        'precision': trainer.precision.state_dict(),
         'val_metrics': dict(trainer.val_metrics),
     })
     return checkpoint
@@ -379,6 +380,7 @@ def restore(trainer, checkpoint, path):
             for param, grad in zip(group, grads):
                 param.grad = None if grad is None else grad.to(param.device)
     trainer.val_metrics = dict(meta['val_metrics'])
+    trainer.precision.load_state_dict(meta.get('precision') or {})
     if trainer.logger is not None and meta['logger'] is not None:
         trainer.logger.load_state_dict(meta['logger'])
     return meta['position'], meta['rng']

@@ -193,6 +193,14 @@ class RootModule(nn.Module):
     def on_before_zero_grad(self, optimizer):
         """After ``optimizer.step()``, before ``optimizer.zero_grad()``."""
 
+    def transfer_batch_to_device(self, batch, device):
+        """Before each batch when the model is not on the CPU: return ``batch`` on ``device``.
+        Default: every tensor inside lists, tuples, namedtuples, dicts and objects with a
+        ``.to()`` method is moved (``non_blocking`` for pinned memory going to a GPU).
+        Override for a batch type that needs more."""
+        from .utilities.transfer import move_to_device
+        return move_to_device(batch, device, non_blocking=device.type == 'cuda')
+
     def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
         """Step the optimizer; override for warm-up, schedules per step, etc.
         The trainer calls ``on_before_zero_grad`` and ``zero_grad`` after it."""

@@ -6,13 +6,14 @@ import math
 import numbers
 import os
 import sys
+import warnings
 
 import torch
 
 from . import checkpoint_io
 from . import validation as checks
 from ._checkpointing import CheckpointingMixin, _Preempted
-from ._dispatch import HookDispatcher, adapt_step
+from ._dispatch import HookDispatcher, step_arity
 from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
@@ -21,7 +22,7 @@ from .data import find_loader_attr, get_loader, limited_batches, make_resumable
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
-from .placement import CPUPlacement, Placement
+from .placement import SingleProcess, make_device, make_precision
 from .state import TrainerState
 from .utilities import StepOutputs, batch_size_of, numbers_only, to_number
 from .utilities.slurm import Terminated, TerminationGuard, slurm_job_id
@@ -95,7 +96,8 @@ class Trainer(CheckpointingMixin):
                  print_nan_grads=False, progress_bar=True, process_position=0,
                  log_save_interval=100, add_log_row_interval=10, print_weights_summary=True,
                  callbacks=None, checkpoint_callback=None, early_stop_callback=None,
-                 resume_from_checkpoint=None):
+                 resume_from_checkpoint=None, gpus=None, distributed_backend=None,
+                 use_amp=False, amp_dtype=None, amp_level=None):
         checks.check_trainer_args(dict(locals()))
         self.default_save_path = os.fspath(default_save_path or os.getcwd())
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
@@ -139,8 +141,11 @@ class Trainer(CheckpointingMixin):
             self.early_stop_callback = EarlyStopping(patience=3)
             self.early_stop_callback.monitor.required = False
         self.state = TrainerState()
-        self.placement = CPUPlacement()
+        self.device = make_device(gpus, distributed_backend)
+        self.precision = make_precision(use_amp, amp_dtype, amp_level, self.device.root.type)
+        self.world = SingleProcess()
         self.module = None
+        self._nonfinite, self._checked_upto, self._warned_no_step = None, 0, False
         self.optimizers, self.lr_schedulers = [], []
         self.nb_training_batches = self.nb_val_batches = self.nb_test_batches = 0
         self.nb_batches_this_epoch = 0
@@ -246,7 +251,8 @@ class Trainer(CheckpointingMixin):
                 raise MisconfigurationException(
                     "Trainer(experiment=None) logs with test-tube, which is not installed. "
                     "`pip install test-tube`, or pass experiment=False to train without logging.")
-        self.module = self.placement.setup(model)
+        self.device.setup(model)
+        self.module = model
         model.trainer = self
         model.experiment = self.experiment
         self._active_callbacks = self.checkpointed_callbacks = self._callbacks()
@@ -278,7 +284,9 @@ class Trainer(CheckpointingMixin):
         model.train()
         self._attach(model)
         self.optimizers, self.lr_schedulers = normalize_optimizers(model.configure_optimizers())
-        self._train_step = adapt_step(model, 'training_step', len(self.optimizers))
+        checks.check_closure_optimizers(self.optimizers, self.accumulate_grad_batches,
+                                        self.precision, self._hooks, model)
+        self._train_step_arity = step_arity(model, 'training_step', len(self.optimizers))
         self._train_loader, self._resumable_sampler = make_resumable(get_loader(model, 'train'))
         self.nb_training_batches = self._batch_limit(self._train_loader, self.train_percent_check,
                                                      'train_percent_check')
@@ -288,7 +296,7 @@ class Trainer(CheckpointingMixin):
                 f"dataset size and batch_size (with drop_last=True a dataset smaller than one "
                 f"batch is empty).")
         self._val_loader = get_loader(model, 'val')
-        self._val_step = adapt_step(model, 'validation_step')
+        self._val_step = step_arity(model, 'validation_step')
         self.nb_val_batches = 0
         if self._val_loader is not None:
             self.nb_val_batches = self._batch_limit(self._val_loader, self.val_percent_check,
@@ -372,6 +380,7 @@ class Trainer(CheckpointingMixin):
             raise
         finally:
             termination.uninstall()
+            self.device.teardown(model)
             if self._preemption is not None:
                 self._preemption.uninstall()
                 self._preemption = None
@@ -477,28 +486,30 @@ class Trainer(CheckpointingMixin):
         self.nb_batches_this_epoch = None if nb is None or (val_every and nb_val is None) else (
             nb + ((nb // val_every) * nb_val if val_every else 0))
         hooks.call('on_epoch_start')
-        acc = self._accumulation_for(epoch)
-        to_device = self.placement.to_device if self.placement.transfers_batches else None
+        self._epoch_accumulation = self._accumulation_for(epoch)
+        device = self.device if self.device.transfers_batches else None
         module_batch_start = hooks.module_on_batch_start
         callback_batch_start = hooks.hooks['on_batch_start']
         batch_end = hooks.hooks['on_batch_end']
-        run_batch = self._batch_runner(epoch, acc, nb)
         save_point_hooks = hooks.hooks['on_save_point']
         preemption = self._preemption
         min_epochs = self.min_nb_epochs
+        check_every = self.add_log_row_interval
         first, batches = self._epoch_batches(resume)
         if nb is not None:  # stop without loading a batch past the limit
             batches = itertools.islice(batches, max(0, nb - first))
         for batch_idx, batch in enumerate(batches, first):
             state.batch_idx = batch_idx
-            if to_device is not None:
-                batch = to_device(batch)
+            if device is not None:
+                batch = device.to_device(self.module, batch)
             if module_batch_start is not None and module_batch_start(batch) == -1:
                 break
             for fn in callback_batch_start:
                 fn(batch)
-            run_batch(batch, batch_idx)
+            self._training_batch(batch, batch_idx)
             state.total_batches += 1
+            if state.total_batches % check_every == 0:
+                self.check_finite_losses()  # lazily, off the CPU: with the log rows
             for fn in batch_end:
                 fn()
             if val_every and (batch_idx + 1) % val_every == 0:
@@ -510,93 +521,135 @@ class Trainer(CheckpointingMixin):
             if state.should_stop and epoch >= min_epochs:  # min epochs already complete
                 break
         if state.accumulation_position:  # loader ran out (or stopped) mid-window
-            self._step_optimizers(epoch, state.batch_idx)
+            for opt_i, optimizer in enumerate(self.optimizers):
+                self.precision.unscale(optimizer)
+                self._before_optimizer_step(optimizer, opt_i)
+                self._optimizer_step(optimizer, opt_i, None)
+            self.precision.update()
             state.accumulation_position = 0
             state.global_step += 1
+        self.check_finite_losses()
         if val_every is None and val_epoch:
             self._validate()
         hooks.call('on_epoch_end')
 
-    def _batch_runner(self, epoch, acc, nb):
-        """The work of one training batch, as a function ``run(batch, batch_idx)`` built
-        once per epoch: every choice that cannot change within the epoch (one optimizer or
-        several, accumulation, clipping, which hooks exist, the placement) is made here, and
-        what the step needs is held in closure variables, not looked up on ``self`` per step
-        (measured: ~3 us/step less than three methods reading attributes)."""
-        state, hooks = self.state, self._hooks
-        optimizers = self.optimizers
-        multi = len(optimizers) > 1
-        train_step, parse = self._train_step, self._parse_training_output
-        after_backward = hooks.hooks['on_after_backward']
-        print_nan_grads = self.print_nan_grads
-        cheap_item, recent = self.placement.cheap_item, self._recent_losses
-        backward = self.placement.backward
-        if type(self.placement).backward is Placement.backward:
-            backward = torch.Tensor.backward  # the same call, one frame less
-        plain_step = not (self.gradient_clip > 0 or hooks.module_optimizer_step is not None
-                          or hooks.hooks['on_before_zero_grad']
-                          or type(self.placement).step is not Placement.step)
-        optimizer_step = self._optimizer_step
-        Tensor = torch.Tensor
-        where = f'at epoch {epoch}, batch ' + '{}' + (', optimizer {}' if multi else '')
-
-        def step_one(batch, batch_idx, opt_i, window):
-            """training_step for one optimizer, then backward; returns (loss, prog, log)."""
-            out = train_step(batch, batch_idx, opt_i)
-            if type(out) is Tensor and not self._unchecked_outputs:  # a bare loss: no parsing
-                loss, prog, log = out, _EMPTY, _EMPTY
-            else:
-                loss, prog, log = parse(out)
-            if cheap_item:
-                value = loss.item()
-                if not math.isfinite(value):
-                    self._raise_nonfinite(value, where.format(batch_idx, opt_i))
-                recent.append(value)
-            else:
-                recent.append(loss.detach())
-            backward(loss / window if window > 1 else loss)
-            for fn in after_backward:
-                fn()
-            if print_nan_grads:
-                self._print_nan_grads()
-            return loss, prog, log
-
-        def run(batch, batch_idx):
-            if state.accumulation_position == 0:
-                self._window = acc if acc == 1 or nb is None else min(acc, nb - batch_idx)
-            window = self._window
-            completes = state.accumulation_position + 1 == window
-            if multi:  # every optimizer's dicts count; on a shared name the last one wins
-                merged_prog, merged_log = {}, {}
-                for opt_i, optimizer in enumerate(optimizers):
-                    frozen = self._freeze_other_params(opt_i)
-                    try:
-                        loss, prog, log = step_one(batch, batch_idx, opt_i, window)
-                    finally:
-                        for param in frozen:
-                            param.requires_grad_(True)
-                    merged_prog.update(prog)
-                    merged_log.update(log)
-                    if completes:
-                        optimizer_step(epoch, batch_idx, optimizer, opt_i)
-                prog, log = merged_prog, merged_log
-            else:
-                loss, prog, log = step_one(batch, batch_idx, 0, window)
-                if completes:
-                    optimizer = optimizers[0]
-                    if plain_step:
-                        optimizer.step()
-                        optimizer.zero_grad()
-                    else:
-                        optimizer_step(epoch, batch_idx, optimizer, 0)
-            self.last_loss, self.last_prog, self.last_log = loss, prog, log
+    def _training_batch(self, batch, batch_idx):
+        """One training batch: for each optimizer, a closure that runs ``training_step`` and
+        backward, handed to the optimizer step when the accumulation window completes (so
+        closure optimizers such as LBFGS work like SGD), else run once."""
+        state = self.state
+        if state.accumulation_position == 0:
+            acc, nb = self._epoch_accumulation, self.nb_training_batches
+            self._window = acc if acc == 1 or nb is None else min(acc, nb - batch_idx)
+        completes = state.accumulation_position + 1 == self._window
+        prog, log = {}, {}  # every optimizer's dicts; on a shared name the last one wins
+        for opt_i, optimizer in enumerate(self.optimizers):
+            closure = _TrainingClosure(self, batch, batch_idx, opt_i, optimizer, completes)
             if completes:
-                state.accumulation_position = 0
-                state.global_step += 1
+                self._optimizer_step(optimizer, opt_i, closure)
             else:
-                state.accumulation_position += 1
+                closure()
+            loss, step_prog, step_log = closure.result
+            prog.update(step_prog)
+            log.update(step_log)
+        self.last_loss, self.last_prog, self.last_log = loss, prog, log
+        if completes:
+            self.precision.update()
+            state.accumulation_position = 0
+            state.global_step += 1
+        else:
+            state.accumulation_position += 1
 
-        return run
+    def _run_training_step(self, batch, batch_idx, opt_i, completes, optimizer):
+        """What the closure does once: ``training_step`` (in the precision's autocast, through
+        the device part), the loss check, backward; when the window completes, unscaling,
+        gradient checks and clipping. Returns ``(loss, prog, log)``."""
+        args = (batch_idx, opt_i)[:self._train_step_arity - 1]
+        frozen = self._freeze_other_params(opt_i) if len(self.optimizers) > 1 else ()
+        try:
+            out = self.device.run_step(self.module, 'training_step', batch, args,
+                                       self.precision.autocast)
+            loss, prog, log = self._parse_training_output(out)
+            self._check_loss(loss, batch_idx, opt_i)
+            window = self._window
+            self.precision.backward(loss / window if window > 1 else loss)
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
+        for fn in self._hooks.hooks['on_after_backward']:
+            fn()
+        if completes:
+            self.precision.unscale(optimizer)
+            self._before_optimizer_step(optimizer, opt_i)
+        return loss, prog, log
+
+    def _before_optimizer_step(self, optimizer, opt_i):
+        """The window's gradients are complete and true (unscaled): the hooks that read
+        them, then clipping."""
+        for fn in self._hooks.hooks['on_before_optimizer_step']:
+            fn(optimizer, opt_i)
+        if self.print_nan_grads:
+            self._print_nan_grads()
+        if self.gradient_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.param_groups[opt_i], self.gradient_clip)
+
+    def _check_loss(self, loss, batch_idx, opt_i):
+        """NaN/inf check of a training loss. Where reading a scalar is free (the CPU) it is
+        checked now, before backward; elsewhere a flag on the device collects it and
+        ``check_finite_losses`` reads it at a fixed batch cadence (no host sync per step)."""
+        loss = loss.detach()
+        if self.device.cheap_item:
+            value = loss.item()
+            if not math.isfinite(value):
+                where = f'at epoch {self.state.epoch}, batch {batch_idx}' + (
+                    f', optimizer {opt_i}' if len(self.optimizers) > 1 else '')
+                self._raise_nonfinite(value, where, stepped=False)
+            self._recent_losses.append(value)
+            return
+        bad = ~torch.isfinite(loss)
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        self._recent_losses.append(loss)
+
+    def check_finite_losses(self):
+        """Raise ``NonFiniteLossError`` if a training loss since the last check was NaN/inf
+        (one host read of the device flag). Called every ``add_log_row_interval`` batches, at
+        each epoch end and before every checkpoint write, so ``last.ckpt`` never holds weights
+        trained on a non-finite loss."""
+        flag, self._nonfinite = self._nonfinite, None
+        since, self._checked_upto = self._checked_upto, self.state.total_batches
+        if flag is not None and flag.item():
+            self._raise_nonfinite(float('nan'), f'between training batches {since} and '
+                                  f'{self.state.total_batches} of the run (epoch '
+                                  f'{self.state.epoch})', stepped=True)
+
+    def _optimizer_step(self, optimizer, opt_i, closure):
+        """Step ``optimizer`` through the precision part (``closure`` recomputes the loss and
+        gradients; ``None`` when they are already there), then ``on_before_zero_grad`` and
+        ``zero_grad``. A module's ``optimizer_step`` override gets an optimizer whose
+        ``step()`` goes through the precision part; the closure has run before it, unless the
+        override takes ``second_order_closure`` (then it gets the closure)."""
+        user_step = self._hooks.module_optimizer_step
+        if user_step is None:
+            self.precision.step(optimizer, closure)
+        else:
+            proxy = _PrecisionOptimizer(optimizer, self.precision)
+            epoch, batch_idx = self.state.epoch, self.state.batch_idx
+            if self._hooks.optimizer_step_takes_closure:
+                user_step(epoch, batch_idx, proxy, opt_i,
+                          second_order_closure=closure or _no_closure)
+            else:
+                if closure is not None:
+                    closure()  # forward and backward before the hook, as the classic trainer
+                user_step(epoch, batch_idx, proxy, opt_i)
+            if not proxy.stepped and not self._warned_no_step:
+                self._warned_no_step = True
+                warnings.warn(f"{type(self.module).__name__}.optimizer_step did not call "
+                              f"optimizer.step() (epoch {epoch}, batch {batch_idx}), so "
+                              f"nothing was trained in that step. Call optimizer.step() in it.",
+                              stacklevel=2)
+        for fn in self._hooks.hooks['on_before_zero_grad']:
+            fn(optimizer)
+        optimizer.zero_grad()
 
     def _parse_training_output(self, out):
         """``(loss, prog, log)`` from what training_step returned (fully checked on the
@@ -613,21 +666,6 @@ class Trainer(CheckpointingMixin):
             return out, _EMPTY, _EMPTY
         checks.unsupported_output(out)
 
-    def _optimizer_step(self, epoch, batch_idx, optimizer, opt_i):
-        if self.gradient_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.param_groups[opt_i], self.gradient_clip)
-        user_step = self._hooks.module_optimizer_step
-        if user_step is None:
-            self.placement.step(optimizer)
-        else:
-            user_step(epoch, batch_idx, optimizer, opt_i)
-        for fn in self._hooks.hooks['on_before_zero_grad']:
-            fn(optimizer)
-        optimizer.zero_grad()
-
-    def _step_optimizers(self, epoch, batch_idx):
-        for opt_i, optimizer in enumerate(self.optimizers):
-            self._optimizer_step(epoch, batch_idx, optimizer, opt_i)
 
     def _freeze_other_params(self, opt_i):
         """With several optimizers, only optimizer ``opt_i``'s parameters get gradients
@@ -642,12 +680,15 @@ class Trainer(CheckpointingMixin):
                         frozen.append(param)
         return frozen
 
-    def _raise_nonfinite(self, value, where):
+    def _raise_nonfinite(self, value, where, stepped=False):
+        what = 'NaN or infinite' if stepped else ('NaN' if math.isnan(value) else 'infinite')
+        told = ('optimizer steps were taken with it, so the weights may be damaged; resume '
+                'from a checkpoint written before it' if stepped else
+                'nothing was stepped with it')
         raise NonFiniteLossError(
-            f"training_step returned a {'NaN' if math.isnan(value) else 'infinite'} loss {where} "
-            f"(nothing was stepped with it). Lower the learning rate, set "
-            f"Trainer(gradient_clip=...), check the data for "
-            f"NaN/inf, or wrap fit in torch.autograd.detect_anomaly() to find the operation.")
+            f"training_step returned a {what} loss {where} ({told}). Lower the learning rate, "
+            f"set Trainer(gradient_clip=...), check the data for NaN/inf, or wrap fit in "
+            f"torch.autograd.detect_anomaly() to find the operation.")
 
     def _print_nan_grads(self):
         for name, param in self.module.named_parameters():
@@ -661,14 +702,17 @@ class Trainer(CheckpointingMixin):
         self._evaluate('validation', self._val_loader, self.nb_val_batches, self._val_step)
         self.state.stage = stage
 
-    def _evaluate(self, kind, loader, limit, step):
-        """One pass over ``loader``; returns ``{kind}_end``'s metrics dict."""
+    def _evaluate(self, kind, loader, limit, arity):
+        """One pass over ``loader`` with ``{kind}_step`` (taking ``arity`` arguments);
+        returns ``{kind}_end``'s metrics dict."""
         hooks, module, state = self._hooks, self.module, self.state
         sanity = state.stage == 'sanity_check'
         testing = kind == 'test'
         if not testing:
             hooks.call('on_pre_performance_check')
-        to_device = self.placement.to_device if self.placement.transfers_batches else None
+        device = self.device
+        transfer, autocast = device.transfers_batches, self.precision.autocast
+        step_name = 'test_step' if testing else 'validation_step'
         batch_end = hooks.hooks['on_validation_batch_end'] if not testing else ()
         loss_key = 'test_loss' if testing else 'val_loss'
         was_training = module.training
@@ -677,9 +721,10 @@ class Trainer(CheckpointingMixin):
         with torch.no_grad():
             batches = loader if limit is None else itertools.islice(loader, limit)
             for batch_idx, batch in enumerate(batches):
-                if to_device is not None:
-                    batch = to_device(batch)
-                out = step(batch, batch_idx)
+                if transfer:
+                    batch = device.to_device(module, batch)
+                out = device.run_step(module, step_name, batch, (batch_idx,)[:arity - 1],
+                                      autocast)
                 if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
                     loss, out = out[0], dict(out[1])
                     out.setdefault(loss_key, loss)
@@ -721,9 +766,57 @@ class Trainer(CheckpointingMixin):
         self.state.stage = 'test'
         try:
             metrics = self._evaluate('test', loader, self.nb_test_batches,
-                                     adapt_step(model, 'test_step'))
+                                     step_arity(model, 'test_step'))
         finally:
             self.state.stage = stage
             if self.logger is not None:
                 self.logger.finalize()
         return metrics
+
+
+class _TrainingClosure:
+    """``training_step`` and backward for one optimizer on one batch, as the closure its step
+    runs. An optimizer may call it several times (LBFGS): each call after the first zeroes the
+    gradients first. ``result`` holds the last call's ``(loss, prog, log)``."""
+
+    __slots__ = ('trainer', 'batch', 'batch_idx', 'opt_i', 'optimizer', 'completes', 'calls',
+                 'result')
+
+    def __init__(self, trainer, batch, batch_idx, opt_i, optimizer, completes):
+        self.trainer, self.batch, self.batch_idx = trainer, batch, batch_idx
+        self.opt_i, self.optimizer, self.completes = opt_i, optimizer, completes
+        self.calls, self.result = 0, None
+
+    def __call__(self):
+        if self.calls:
+            self.optimizer.zero_grad()
+        self.calls += 1
+        self.result = self.trainer._run_training_step(self.batch, self.batch_idx, self.opt_i,
+                                                      self.completes, self.optimizer)
+        return self.result[0]
+
+
+class _PrecisionOptimizer:
+    """What a module's ``optimizer_step`` override receives: ``step()`` goes through the
+    precision part (a float16 loss scaler must never be skipped); every other attribute is the
+    optimizer's own (``param_groups`` for a warm-up, ``state``, ...)."""
+
+    def __init__(self, optimizer, precision):
+        self.__dict__.update(optimizer=optimizer, precision=precision, stepped=False)
+
+    def step(self, closure=None):
+        self.__dict__['stepped'] = True
+        return self.precision.step(self.optimizer, closure)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__['optimizer'], name)
+
+    def __setattr__(self, name, value):
+        setattr(self.optimizer, name, value)
+
+    def __repr__(self):
+        return repr(self.optimizer)
+
+
+def _no_closure():
+    """The ``second_order_closure`` of a step whose gradients are already there."""

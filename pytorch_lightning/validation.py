@@ -91,7 +91,8 @@ def check_trainer_args(args):
     if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not (norm == -1 or norm > 0):
         _fail(f"Trainer(track_grad_norm={norm!r}): expected -1 (off) or the norm's order > 0 "
               f"(e.g. 2 for L2).")
-    for name in ('fast_dev_run', 'print_nan_grads', 'progress_bar', 'print_weights_summary'):
+    for name in ('fast_dev_run', 'print_nan_grads', 'progress_bar', 'print_weights_summary',
+                 'use_amp'):
         _flag(name, args[name])
     _int('process_position', args['process_position'], 0)
     _int('log_save_interval', args['log_save_interval'], 1)
@@ -221,3 +222,25 @@ def check_eval_end_output(name, metrics):
     if not isinstance(metrics, dict):
         _fail(f"{name} returned {type(metrics).__name__}; return a dict of metric name -> "
               f"value, e.g. `return {{'val_loss': avg_loss}}`.")
+
+
+def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hooks, module):
+    """LBFGS (an optimizer whose step re-evaluates the loss several times) needs the closure
+    on every step: no accumulation, no float16 scaler, and an ``optimizer_step`` override must
+    take ``second_order_closure``."""
+    for i, opt in enumerate(optimizers):
+        if not isinstance(opt, torch.optim.LBFGS):
+            continue
+        name = f"configure_optimizers returned LBFGS (optimizer {i})"
+        if accumulate_grad_batches != 1:
+            _fail(f"{name} with Trainer(accumulate_grad_batches={accumulate_grad_batches!r}): "
+                  f"LBFGS re-evaluates the loss inside its step, which cannot span several "
+                  f"batches. Use accumulate_grad_batches=1 or another optimizer.")
+        if precision.scaler is not None:
+            _fail(f"{name} with float16 mixed precision: a GradScaler cannot step an optimizer "
+                  f"that calls its closure. Use Trainer(use_amp=True, amp_dtype='bfloat16') "
+                  f"or full precision.")
+        if hooks.module_optimizer_step is not None and not hooks.optimizer_step_takes_closure:
+            _fail(f"{name}, and {type(module).__name__}.optimizer_step calls optimizer.step() "
+                  f"without the closure LBFGS needs. Add a `second_order_closure=None` "
+                  f"argument and call optimizer.step(second_order_closure).")

@@ -14,7 +14,7 @@ from pytorch_lightning.placement import data_parallel
 from pytorch_lightning.placement.data_parallel import (
     DataParallelRunner, _slice_size, reduce_replica_outputs)
 from pytorch_lightning.placement.gpus import parse_gpus, root_gpu
-from pytorch_lightning.placement.transfer import move_to_device
+from pytorch_lightning.utilities.transfer import move_to_device
 
 Pair = collections.namedtuple('Pair', ['x', 'y'])
 

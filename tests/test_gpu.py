@@ -10,7 +10,7 @@ from pytorch_lightning import RootModule
 from pytorch_lightning.exceptions import MisconfigurationException
 from pytorch_lightning.placement.data_parallel import DataParallelRunner
 from pytorch_lightning.placement.gpus import parse_gpus, root_gpu
-from pytorch_lightning.placement.transfer import move_to_device
+from pytorch_lightning.utilities.transfer import move_to_device
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 needs_gpu = pytest.mark.skipif(GPUS < 1, reason='needs CUDA')

@@ -67,11 +67,11 @@ class RecordingCallback(Callback):
             self.log.append('cb.' + name)
         return hook
 
-    for _name in ('on_fit_setup', 'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
-                  'on_after_backward', 'on_before_zero_grad', 'on_batch_end',
-                  'on_pre_performance_check', 'on_validation_batch_end', 'on_validation_end',
-                  'on_post_performance_check', 'on_epoch_end', 'on_test_end', 'on_fit_end',
-                  'on_exception'):
+    for _name in ('on_fit_setup', 'on_fit_start', 'on_sanity_check_start', 'on_epoch_start',
+                  'on_batch_start', 'on_after_backward', 'on_before_optimizer_step',
+                  'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
+                  'on_validation_batch_end', 'on_validation_end', 'on_post_performance_check',
+                  'on_epoch_end', 'on_save_point', 'on_test_end', 'on_fit_end', 'on_exception'):
         locals()[_name] = _rec(_name)
     del _name
 
@@ -88,17 +88,22 @@ def expected_order(epochs=2, train_batches=4, val_batches=2, sanity=2, accumulat
     for epoch in range(epochs):
         seq += ['on_epoch_start', 'cb.on_epoch_start']
         for b in range(train_batches):
+            # the closure (training_step, backward) runs before the module's classic
+            # optimizer_step override; gradients are complete before the step
             seq += ['on_batch_start', 'cb.on_batch_start', f'training_step:{b}',
                     'on_after_backward', 'cb.on_after_backward']
             if (b + 1) % accumulate == 0:
-                seq += [f'optimizer_step:{epoch}:{b}', 'on_before_zero_grad',
-                        'cb.on_before_zero_grad']
+                seq += ['cb.on_before_optimizer_step', f'optimizer_step:{epoch}:{b}',
+                        'on_before_zero_grad', 'cb.on_before_zero_grad']
             seq += ['on_batch_end', 'cb.on_batch_end']
-        seq += ['on_pre_performance_check', 'cb.on_pre_performance_check']
-        for i in range(val_batches):
-            seq += [f'validation_step:{i}', 'cb.on_validation_batch_end']
-        seq += ['validation_end', 'cb.on_validation_end', 'on_post_performance_check',
-                'cb.on_post_performance_check', 'on_epoch_end', 'cb.on_epoch_end']
+            if b == train_batches - 1:  # the epoch's validation point, before its save point
+                seq += ['on_pre_performance_check', 'cb.on_pre_performance_check']
+                for i in range(val_batches):
+                    seq += [f'validation_step:{i}', 'cb.on_validation_batch_end']
+                seq += ['validation_end', 'cb.on_validation_end', 'on_post_performance_check',
+                        'cb.on_post_performance_check']
+            seq += ['cb.on_save_point']
+        seq += ['on_epoch_end', 'cb.on_epoch_end', 'cb.on_save_point']
     seq += ['cb.on_fit_end']
     return seq
 

@@ -4,7 +4,8 @@
 #: arguments named in docs/callbacks.md.
 CALLBACK_HOOKS = (
     'on_fit_setup', 'on_fit_start', 'on_sanity_check_start', 'on_epoch_start', 'on_batch_start',
-    'on_after_backward', 'on_before_zero_grad', 'on_batch_end', 'on_pre_performance_check',
+    'on_after_backward', 'on_before_optimizer_step', 'on_before_zero_grad', 'on_batch_end',
+    'on_pre_performance_check',
     'on_validation_batch_end', 'on_validation_end', 'on_post_performance_check',
     'on_epoch_end', 'on_save_point', 'on_test_end', 'on_fit_end', 'on_exception',
 )
@@ -43,6 +44,11 @@ class Callback:
 
     def on_after_backward(self, trainer, module):
         """After each ``backward()``; gradients are populated."""
+
+    def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
+        """When an accumulation window is complete, before clipping and the optimizer step:
+        the gradients are the window's full sum, unscaled (true values under float16 AMP).
+        Read gradients here, not in ``on_after_backward``."""
 
     def on_before_zero_grad(self, trainer, module, optimizer):
         """After each optimizer step, before ``zero_grad``."""

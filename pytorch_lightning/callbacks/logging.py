@@ -23,7 +23,7 @@ class MetricsLogging(Callback):
         self._until_save = self.save_interval
         self._grad_norms = {}
         if grad_norm_type <= 0:
-            self.skip_hooks = frozenset({'on_after_backward'})
+            self.skip_hooks = frozenset({'on_before_optimizer_step'})
 
     def on_fit_start(self, trainer, module):
         self.logger.log_hyperparams(getattr(module, 'hparams', None))
@@ -34,8 +34,8 @@ class MetricsLogging(Callback):
         row['global_step'] = state.global_step
         self.logger.log_metrics(row, state.total_batches)
 
-    def on_after_backward(self, trainer, module):
-        if self._until_row == 1:
+    def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
+        if self._until_row == 1:  # a row is written after this batch: true, whole-window grads
             self._grad_norms = module.grad_norm(self.grad_norm_type)
 
     def on_batch_end(self, trainer, module):

@@ -19,7 +19,7 @@ from numbers import Number
 import torch
 from torch.nn.parallel import replicate, scatter
 
-from .transfer import rebuild_mapping, rebuild_sequence
+from ..utilities.transfer import rebuild_mapping, rebuild_sequence
 
 
 def reduce_replica_outputs(outputs, sizes, output_device=None):

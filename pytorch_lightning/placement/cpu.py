@@ -1,6 +1,0 @@
-"""Running on the CPU: nothing to move."""
-from .base import Placement
-
-
-class CPUPlacement(Placement):
-    name = 'cpu'
