@@ -618,9 +618,9 @@ class Trainer(CheckpointingMixin):
         flag, self._nonfinite = self._nonfinite, None
         since, self._checked_upto = self._checked_upto, self.state.total_batches
         if flag is not None and flag.item():
-            self._raise_nonfinite(float('nan'), f'between training batches {since} and '
-                                  f'{self.state.total_batches} of the run (epoch '
-                                  f'{self.state.epoch})', stepped=True)
+            self._raise_nonfinite(float('nan'), f'in training batches {since}..'
+                                  f'{self.state.total_batches - 1} of the run (counted from 0; '
+                                  f'now in epoch {self.state.epoch})', stepped=True)
 
     def _optimizer_step(self, optimizer, opt_i, closure):
         """Step ``optimizer`` through the precision part (``closure`` recomputes the loss and

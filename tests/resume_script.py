@@ -82,6 +82,7 @@ def main():
     parser.add_argument('--resume', default=None)
     parser.add_argument('--num-workers', dest='num_workers', type=int, default=0)
     parser.add_argument('--persistent-workers', dest='persistent_workers', action='store_true')
+    parser.add_argument('--amp', default=None, help="amp_dtype on the CPU: 'bfloat16' or 'float16'")
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(1), np.random.seed(1), random.seed(1)
@@ -93,7 +94,7 @@ def main():
         print_weights_summary=False, add_log_row_interval=2, log_save_interval=5,
         checkpoint_callback=ckpt_cls(os.path.join(args.save_dir, 'ckpt'), every_n_steps=1),
         early_stop_callback=EarlyStopping(patience=2, min_delta=0.05),
-        resume_from_checkpoint=args.resume)
+        resume_from_checkpoint=args.resume, use_amp=args.amp is not None, amp_dtype=args.amp)
     trainer.fit(model)
     torch.save({'params': model.state_dict(), 'global_step': trainer.global_step,
                 'epoch': trainer.current_epoch, 'version': trainer.logger.version,

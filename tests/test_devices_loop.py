@@ -1,0 +1,261 @@
+"""The one batch path with the device and precision parts, on the CPU: closure optimizers
+(LBFGS), bfloat16 and float16 autocast (with a GradScaler), optimizer_step overrides, batch
+transfer through the device code path, the lazy NaN check, and the argument errors."""
+import math
+import signal
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from pytorch_lightning import MisconfigurationException, NonFiniteLossError, Trainer
+from pytorch_lightning import checkpoint_io
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.placement import FullPrecision, MixedPrecision
+
+from models import TinyModel, TrainOnlyModel
+from test_resume import assert_same_run, rows
+from test_resume_workers import run
+
+
+def losses_of(trainer_kwargs, model):
+    seen = []
+
+    class Losses(Callback):
+        def on_batch_end(self, trainer, module):
+            seen.append(trainer.last_loss.item())
+
+    Trainer(**trainer_kwargs, callbacks=[Losses()]).fit(model)
+    return seen
+
+
+# ------------------------------------------------------------------------------ LBFGS
+class LBFGSModel(TinyModel):
+    calls = 0
+
+    def training_step(self, data_batch, batch_nb):
+        LBFGSModel.calls += 1
+        return super().training_step(data_batch, batch_nb)
+
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=1.0, max_iter=5,
+                                 line_search_fn='strong_wolfe')
+
+
+def test_lbfgs_trains_through_the_closure(quiet):
+    LBFGSModel.calls = 0
+    seen = losses_of(quiet(max_nb_epochs=4, nb_sanity_val_steps=0), LBFGSModel(batch_size=64))
+    assert len(seen) == 4 and LBFGSModel.calls > 4  # the step re-evaluated the loss
+    assert seen[-1] < seen[0] / 2
+
+
+def test_lbfgs_errors_before_the_first_batch(quiet):
+    with pytest.raises(MisconfigurationException, match='LBFGS.*accumulate_grad_batches=2'):
+        Trainer(**quiet(accumulate_grad_batches=2)).fit(LBFGSModel())
+    with pytest.raises(MisconfigurationException, match='LBFGS.*float16'):
+        Trainer(**quiet(use_amp=True, amp_dtype='float16')).fit(LBFGSModel())
+
+    class PlainOverride(LBFGSModel):
+        def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
+            optimizer.step()
+
+    with pytest.raises(MisconfigurationException, match='second_order_closure'):
+        Trainer(**quiet()).fit(PlainOverride())
+
+
+def test_second_order_closure_override_steps_lbfgs(quiet):
+    class Warmup(LBFGSModel):
+        def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i,
+                           second_order_closure=None):
+            for group in optimizer.param_groups:
+                group['lr'] = min(1.0, (epoch_nb + 1) / 2)
+            optimizer.step(second_order_closure)
+
+    seen = losses_of(quiet(max_nb_epochs=4, nb_sanity_val_steps=0), Warmup(batch_size=64))
+    assert seen[-1] < seen[0] / 2
+
+
+# ------------------------------------------------------------------------------ precision
+class DtypeSpy(TinyModel):
+    seen = []
+
+    def training_step(self, data_batch, batch_nb):
+        x, y = data_batch
+        out = self(x)
+        DtypeSpy.seen.append((out.dtype, self.layer.weight.dtype))
+        return nn.functional.cross_entropy(out, y)
+
+    def validation_step(self, data_batch, batch_nb):
+        DtypeSpy.seen.append((self(data_batch[0]).dtype, 'val'))
+        return super().validation_step(data_batch, batch_nb)
+
+
+@pytest.mark.parametrize('amp_dtype, dtype', [(None, torch.bfloat16), ('bfloat16', torch.bfloat16),
+                                              ('float16', torch.float16)])
+def test_autocast_on_the_cpu(quiet, amp_dtype, dtype):
+    DtypeSpy.seen = []
+    trainer = Trainer(**quiet(use_amp=True, amp_dtype=amp_dtype, nb_sanity_val_steps=1))
+    trainer.fit(DtypeSpy())
+    assert isinstance(trainer.precision, MixedPrecision) and trainer.precision.dtype == dtype
+    assert (trainer.precision.scaler is not None) == (dtype == torch.float16)
+    train = [s for s in DtypeSpy.seen if s[1] != 'val']
+    assert train and all(s == (dtype, torch.float32) for s in train)  # float32 master weights
+    assert all(s[0] == dtype for s in DtypeSpy.seen if s[1] == 'val')
+
+
+def test_full_precision_by_default(quiet):
+    DtypeSpy.seen = []
+    trainer = Trainer(**quiet())
+    trainer.fit(DtypeSpy())
+    assert isinstance(trainer.precision, FullPrecision)
+    assert all(s[0] == torch.float32 for s in DtypeSpy.seen)
+
+
+def test_float16_scaler_unscales_before_clipping_and_is_checkpointed(quiet, tmp_path):
+    """Gradients read in on_before_optimizer_step are true ones (the scaler's factor, 2**16,
+    is gone), clipping sees them, and the scaler's state is saved and restored."""
+    norms = []
+
+    class Norms(Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
+            norms.append(float(torch.linalg.vector_norm(module.layer.weight.grad)))
+
+    ckpt = ModelCheckpoint(tmp_path / 'c')
+    trainer = Trainer(**quiet(use_amp=True, amp_dtype='float16', gradient_clip=0.5,
+                              checkpoint_callback=ckpt, callbacks=[Norms()]))
+    trainer.fit(TinyModel())
+    assert norms and max(norms) < 100  # scaled gradients would be ~65536x larger
+    scale = trainer.precision.scaler.get_scale()
+    saved = checkpoint_io.load(tmp_path / 'c' / 'last.ckpt')['lightning']['precision']
+    assert saved['scaler']['scale'] == scale
+    resumed = Trainer(**quiet(use_amp=True, amp_dtype='float16', max_nb_epochs=2,
+                              resume_from_checkpoint=tmp_path / 'c' / 'last.ckpt'))
+    resumed.fit(TinyModel())
+    assert resumed.precision.scaler.state_dict()['_growth_tracker'] >= 0
+
+
+def test_classic_optimizer_step_override_goes_through_the_scaler(quiet):
+    class Override(TinyModel):
+        stepped = 0
+
+        def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
+            Override.stepped += 1
+            optimizer.step()
+
+    trainer = Trainer(**quiet(use_amp=True, amp_dtype='float16', nb_sanity_val_steps=0))
+    trainer.fit(Override())
+    # the scaler counted each step: its growth tracker advanced (a skipped scaler never does)
+    assert Override.stepped == 8
+    assert trainer.precision.scaler.state_dict()['_growth_tracker'] == 8
+
+
+def test_an_override_that_never_steps_is_reported(quiet):
+    class Lazy(TinyModel):
+        def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
+            pass
+
+    with pytest.warns(UserWarning, match='did not call optimizer.step'):
+        Trainer(**quiet(nb_sanity_val_steps=0)).fit(Lazy())
+
+
+# ------------------------------------------------------------------------------ devices
+def test_batches_go_through_the_device_transfer_path(quiet):
+    """On an accelerator every batch goes through the module's transfer_batch_to_device;
+    forced on the CPU here, with a nested batch."""
+    from collections import namedtuple
+    Pair = namedtuple('Pair', 'x y')
+    calls = []
+
+    class Nested(TinyModel):
+        def transfer_batch_to_device(self, batch, device):
+            moved = super().transfer_batch_to_device(batch, device)
+            calls.append((type(batch).__name__, device))
+            if isinstance(batch, dict):  # a training batch: the nesting survives the move
+                assert type(moved['pair']) is Pair and torch.equal(moved['extra'][0],
+                                                                   batch['extra'][0])
+            return moved
+
+        def training_step(self, data_batch, batch_nb):
+            return super().training_step(tuple(data_batch['pair']), batch_nb)
+
+        @property
+        def tng_dataloader(self):
+            return [{'pair': Pair(*b), 'extra': [b[0][:1]]} for b in super().tng_dataloader]
+
+    trainer = Trainer(**quiet(nb_sanity_val_steps=0))
+    trainer.device.transfers_batches = True
+    trainer.fit(Nested())
+    # 8 training batches, then the epoch's 4 validation batches
+    assert [kind for kind, _ in calls] == ['dict'] * 8 + ['list'] * 4
+    assert all(device == torch.device('cpu') for _, device in calls)
+
+
+class NaNAt(TrainOnlyModel):
+    def training_step(self, data_batch):
+        loss = super().training_step(data_batch)
+        if self.trainer.state.total_batches == 13:
+            loss = loss * float('nan')
+        return loss
+
+
+def test_lazy_nan_check_without_the_bar(quiet, tmp_path):
+    """Off the CPU no loss is read per step: the flag is read every add_log_row_interval
+    batches and before each checkpoint; fit must not return with NaN weights."""
+    trainer = Trainer(**quiet(max_nb_epochs=4, add_log_row_interval=5))
+    trainer.device.cheap_item = False
+    with pytest.raises(NonFiniteLossError, match=r'in training batches 10\.\.14 .*steps were taken'):
+        trainer.fit(NaNAt())
+    ckpt = ModelCheckpoint(tmp_path / 'c', every_n_steps=1)
+    trainer = Trainer(**quiet(max_nb_epochs=4, add_log_row_interval=5, checkpoint_callback=ckpt))
+    trainer.device.cheap_item = False
+    with pytest.raises(NonFiniteLossError, match=r'in training batches 13\.\.13 '):
+        trainer.fit(NaNAt())
+    saved = checkpoint_io.load(tmp_path / 'c' / 'last.ckpt')['lightning']['trainer_state']
+    assert saved['total_batches'] == 13  # the checkpoint after the NaN batch was refused
+    assert all(math.isfinite(p.abs().sum().item()) for p in
+               checkpoint_io.load(tmp_path / 'c' / 'last.ckpt')['state_dict'].values())
+
+
+def test_eager_nan_check_on_the_cpu_says_nothing_was_stepped(quiet):
+    with pytest.raises(NonFiniteLossError, match='batch 5.*nothing was stepped'):
+        Trainer(**quiet(max_nb_epochs=4)).fit(NaNAt())
+
+
+@pytest.mark.parametrize('kwargs, text', [
+    (dict(gpus=1), 'CUDA is not available'),
+    (dict(gpus='0,1'), 'CUDA is not available'),
+    (dict(distributed_backend='ddp'), 'not built yet'),
+    (dict(distributed_backend='horovod'), "'dp'"),
+    (dict(use_amp=True, amp_level='O1'), 'native mixed precision'),
+    (dict(amp_dtype='bfloat16'), 'use_amp=True'),
+    (dict(use_amp=True, amp_dtype='half'), "'bfloat16' or 'float16'"),
+    (dict(use_amp='yes'), 'use_amp'),
+])
+def test_device_and_precision_argument_errors(kwargs, text):
+    if torch.cuda.is_available() and 'gpus' in kwargs:
+        pytest.skip('CUDA is available here')
+    with pytest.raises(MisconfigurationException, match=text):
+        Trainer(**kwargs)
+
+
+# ------------------------------------------------------------------------------ AMP resume
+@pytest.fixture(scope='module')
+def uninterrupted_bf16(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('full_bf16')
+    run(folder, folder / 'out.pt', '--amp', 'bfloat16')
+    return torch.load(folder / 'out.pt'), rows(folder / 'lightning_logs' / 'version_0')
+
+
+@pytest.mark.parametrize('kill_at', [5, 19])
+def test_bfloat16_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted_bf16, kill_at):
+    out = tmp_path / 'out.pt'
+    run(tmp_path, out, '--amp', 'bfloat16', '--kill-at', kill_at, expect=-signal.SIGKILL)
+    run(tmp_path, out, '--amp', 'bfloat16', '--resume', tmp_path / 'ckpt' / 'last.ckpt')
+    assert_same_run(torch.load(out), uninterrupted_bf16, tmp_path / 'lightning_logs' / 'version_0')
+
+
+def test_warnings_are_clean_for_a_plain_fit(quiet):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        Trainer(**quiet(use_amp=True)).fit(TinyModel())
