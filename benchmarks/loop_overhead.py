@@ -25,6 +25,8 @@ Variants:
   c  compute-bound MLP 512->2048->2048->10, batch 256, 200 steps, defaults      target 1.01x
   d  as a, e as c, with checkpoint_callback=False, early_stop_callback=False (the defaults
      of the core issue, before checkpointing and early stopping were on by default)
+  f  as b with bfloat16 autocast on the CPU (use_amp=True), against a hand loop that
+     autocasts the same way                                                     target 1.05x
   aa the control: the hand loop against itself (same model as a). Its ratio shows what this
      machine's noise alone does to a ratio; a target closer to 1 than that cannot be told
      apart from noise in one run.
@@ -78,6 +80,11 @@ VARIANTS = {
     'e': dict(title='compute-bound MLP, bar + logging (no checkpoints/early stop)',
               dims=(512, 2048, 2048, 10), batch=256, steps=200, val_batches=20, target=1.01,
               trainer=dict(checkpoint_callback=False, early_stop_callback=False)),
+    # bfloat16 autocast on the CPU, against a hand loop that autocasts the same way
+    'f': dict(title='tiny MLP, bfloat16 autocast, bar/logging/summary off', dims=(32, 32, 2),
+              batch=32, steps=2000, val_batches=50, target=1.05, amp=torch.bfloat16,
+              trainer=dict(progress_bar=False, experiment=False, print_weights_summary=False,
+                           use_amp=True, amp_dtype='bfloat16')),
     # the control: both sides run the hand loop (trainer=None)
     'aa': dict(title='control: hand loop vs hand loop (noise floor)', dims=(32, 32, 2),
                batch=32, steps=2000, val_batches=50, target=None, trainer=None),
@@ -147,20 +154,23 @@ def make_model(cfg, data):
     return MLP(cfg['dims'], train_loader, val_loader)
 
 
-def hand_loop(model):
-    """What a researcher writes. Timed from optimizer creation on, like fit()."""
+def hand_loop(model, amp=None):
+    """What a researcher writes. Timed from optimizer creation on, like fit(). ``amp``: the
+    autocast dtype (CPU), as a researcher would add it."""
     train_loader, val_loader = model._train_loader, model._val_loader
     opt = model.configure_optimizers()
+    cast = (lambda: torch.autocast('cpu', dtype=amp)) if amp else contextlib.nullcontext
     model.train()
     for x, y in train_loader:
-        loss = F.cross_entropy(model(x), y)
+        with cast():
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad()
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), cast():
         val_losses = [F.cross_entropy(model(x), y) for x, y in val_loader]
-        val_loss = torch.stack(val_losses).mean()
+        val_loss = torch.stack(val_losses).float().mean()
     model.train()
     return val_loss.item()
 
@@ -174,7 +184,7 @@ def run_once(side, cfg, data, save_dir, sink):
         trainer = pl.Trainer(**kwargs)
         work = lambda: trainer.fit(model)  # noqa: E731
     else:
-        work = lambda: hand_loop(model)  # noqa: E731
+        work = lambda: hand_loop(model, cfg.get('amp'))  # noqa: E731
     gc.collect()
     # the bar (tqdm -> stderr) and the weights summary (stdout) stay on, but go to /dev/null;
     # the hand loop runs under the same redirection
