@@ -2,6 +2,7 @@
 
     python examples/digits.py                       # logs to ./lightning_logs/version_<n>
     python examples/digits.py --save_path /tmp/runs --max_nb_epochs 20
+    python examples/digits.py --gpus 1                # on the first GPU
 
 The contract: you write the science in a ``RootModule`` (what a step computes, which data,
 which optimizer); ``Trainer(...).fit(model)`` runs the loop, the progress bar and the logs.
@@ -113,11 +114,13 @@ def main(argv=None):
     parser.add_argument('--learning_rate', default=0.003, type=float)
     parser.add_argument('--max_nb_epochs', default=10, type=int)
     parser.add_argument('--save_path', default=os.getcwd(), help='parent of lightning_logs/')
+    parser.add_argument('--gpus', default=None, help='e.g. 1, "0,1" or -1 (all); none: the CPU')
     hparams = DigitsModel.add_model_specific_args(parser).parse_args(argv)
 
     torch.manual_seed(0)  # same initial weights and dropout masks every run
     model = DigitsModel(hparams)
-    trainer = Trainer(default_save_path=hparams.save_path, max_nb_epochs=hparams.max_nb_epochs)
+    trainer = Trainer(default_save_path=hparams.save_path, max_nb_epochs=hparams.max_nb_epochs,
+                      gpus=hparams.gpus)
     trainer.fit(model)
     val_acc = trainer.callback_metrics['val_acc']  # from the last validation_end
     test_acc = trainer.test()['test_acc']

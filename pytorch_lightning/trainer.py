@@ -28,6 +28,7 @@ from .utilities import StepOutputs, batch_size_of, numbers_only, to_number
 from .utilities.slurm import Terminated, TerminationGuard, slurm_job_id
 
 _EMPTY = {}
+_FLAG = object()  # the key of the NaN flag among the numbers read together
 
 
 class Trainer(CheckpointingMixin):
@@ -51,15 +52,21 @@ class Trainer(CheckpointingMixin):
                 on_epoch_start
                 for batch_nb, batch in tng_dataloader (train_percent_check of it):
                     if on_batch_start(batch) == -1: end the epoch
+                    (on an accelerator: batch = transfer_batch_to_device(batch, device))
                     for optimizer_i, optimizer in optimizers:
-                        loss = training_step(batch, batch_nb[, optimizer_i])
-                        raise NonFiniteLossError if loss is NaN/inf
-                        backward(loss / accumulation window size)
-                        on_after_backward
-                        if the accumulation window is complete:
-                            clip gradients to gradient_clip (total norm)
-                            optimizer_step(epoch, batch_nb, optimizer, optimizer_i)
+                        closure():                            # run by the optimizer's step
+                            loss = training_step(batch, batch_nb[, optimizer_i])  # autocast
+                            NaN/inf check (CPU: now; accelerators: a flag read every
+                                add_log_row_interval batches and before each checkpoint)
+                            backward(loss / accumulation window size)   # scaled (float16)
+                            on_after_backward
+                            if the accumulation window is complete:
+                                unscale; callbacks.on_before_optimizer_step; clip gradients
+                        if the window is complete:
+                            optimizer.step(closure) through the precision part (or the
+                                module's optimizer_step override, after closure())
                             on_before_zero_grad(optimizer); optimizer.zero_grad()
+                        else: closure()
                     on_batch_end                              # progress bar, log rows, saves
                     if a validation point (val_check_interval, check_val_every_n_epoch):
                         on_pre_performance_check; eval mode, no_grad
@@ -172,32 +179,49 @@ class Trainer(CheckpointingMixin):
 
     def running_loss(self):
         """Mean of the last (up to) 20 training losses, as a float (``nan`` before any)."""
+        return self.read_numbers({'loss': self._running_loss()}).get('loss', float('nan'))
+
+    def _running_loss(self):
         losses = self._recent_losses
         if not losses:
-            return float('nan')
+            return None
         if isinstance(losses[-1], float):
-            value = sum(losses) / len(losses)
-        else:
-            value = torch.stack(list(losses)).float().mean().item()
-        if not math.isfinite(value):
-            self._raise_nonfinite(value, 'in the last %d batches' % len(losses))
-        return value
+            return sum(losses) / len(losses)
+        return torch.stack(list(losses)).float().mean()  # on the device: no host sync here
 
     def last_loss_value(self):
-        """The last training loss as a float (a host sync on accelerators)."""
-        losses = self._recent_losses
-        return losses[-1] if losses and isinstance(losses[-1], float) else to_number(self.last_loss)
+        """The last training loss as a float (a host read on accelerators)."""
+        return self.read_numbers({'loss': self.last_loss}).get('loss', float('nan'))
 
     @property
     def tqdm_metrics(self):
-        """What the progress bar shows: epoch, batch, running loss, the step's dict and the
-        latest validation metrics, as numbers (computed on access)."""
+        """What the progress bar shows: epoch, batch, running loss, every optimizer's prog
+        dict and the latest validation metrics, as numbers (read from the device in one
+        transfer, on access)."""
+        numbers = self.read_numbers({'loss': self._running_loss(), **self.last_prog,
+                                     **self.val_metrics})
         metrics = {'epoch': self.state.epoch, 'batch_nb': self.state.batch_idx}
-        if self._recent_losses:
-            metrics['loss'] = f'{self.running_loss():.3f}'
-        metrics.update(numbers_only(self.last_prog))
-        metrics.update(numbers_only(self.val_metrics))
+        if 'loss' in numbers:
+            metrics['loss'] = f"{numbers.pop('loss'):.3f}"
+        metrics.update(numbers)
         return metrics
+
+    def read_numbers(self, metrics):
+        """``metrics`` as Python numbers (scalar values only), with every scalar tensor read
+        from the device in one transfer together with the pending NaN/inf flag of the
+        training losses, which raises ``NonFiniteLossError`` here if it is set. The progress
+        bar and the log rows read through this: no other host sync happens per batch."""
+        flag, self._nonfinite = self._nonfinite, None
+        if flag is not None:
+            metrics = {**metrics, _FLAG: flag.float()}
+        numbers = numbers_only(metrics)
+        if flag is not None:
+            since, self._checked_upto = self._checked_upto, self.state.total_batches
+            if numbers.pop(_FLAG):
+                self._raise_nonfinite(float('nan'), f'in training batches {since}..'
+                                      f'{self.state.total_batches - 1} of the run (counted '
+                                      f'from 0; now in epoch {self.state.epoch})', stepped=True)
+        return numbers
 
     @property
     def callback_metrics(self):
@@ -508,10 +532,11 @@ class Trainer(CheckpointingMixin):
                 fn(batch)
             self._training_batch(batch, batch_idx)
             state.total_batches += 1
-            if state.total_batches % check_every == 0:
-                self.check_finite_losses()  # lazily, off the CPU: with the log rows
-            for fn in batch_end:
+            for fn in batch_end:  # a log row here reads the NaN flag with its numbers
                 fn()
+            if (self._nonfinite is not None
+                    and state.total_batches - self._checked_upto >= check_every):
+                self.check_finite_losses()
             if val_every and (batch_idx + 1) % val_every == 0:
                 self._validate()
             for fn in save_point_hooks:  # the save point (see _save_point), inlined
@@ -612,15 +637,12 @@ class Trainer(CheckpointingMixin):
 
     def check_finite_losses(self):
         """Raise ``NonFiniteLossError`` if a training loss since the last check was NaN/inf
-        (one host read of the device flag). Called every ``add_log_row_interval`` batches, at
-        each epoch end and before every checkpoint write, so ``last.ckpt`` never holds weights
-        trained on a non-finite loss."""
-        flag, self._nonfinite = self._nonfinite, None
-        since, self._checked_upto = self._checked_upto, self.state.total_batches
-        if flag is not None and flag.item():
-            self._raise_nonfinite(float('nan'), f'in training batches {since}..'
-                                  f'{self.state.total_batches - 1} of the run (counted from 0; '
-                                  f'now in epoch {self.state.epoch})', stepped=True)
+        (one host read of the device flag; nothing to read on the CPU, which checks every
+        loss at once). Called every ``add_log_row_interval`` batches (with the log row's
+        read), at each epoch end and before every checkpoint write, so ``last.ckpt`` never
+        holds weights trained on a non-finite loss."""
+        if self._nonfinite is not None:
+            self.read_numbers({})
 
     def _optimizer_step(self, optimizer, opt_i, closure):
         """Step ``optimizer`` through the precision part (``closure`` recomputes the loss and

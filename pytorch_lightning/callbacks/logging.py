@@ -42,8 +42,8 @@ class MetricsLogging(Callback):
         self._until_row -= 1
         if self._until_row == 0:
             self._until_row = self.row_interval
-            row = numbers_only(trainer.last_log)
-            row['loss'] = trainer.last_loss_value()
+            # one read from the device: the log dict, the loss and the NaN flag together
+            row = trainer.read_numbers({**trainer.last_log, 'loss': trainer.last_loss})
             if self._grad_norms:
                 row.update(self._grad_norms)
                 self._grad_norms = {}

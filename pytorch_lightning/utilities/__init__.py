@@ -51,13 +51,23 @@ def to_number(value):
 
 
 def numbers_only(metrics):
-    """``metrics`` with tensors turned into numbers, dropping values that are not scalars."""
-    out = {}
+    """``metrics`` with tensors turned into numbers, dropping values that are not scalars.
+    The scalar tensors of each device are read in one transfer (one host sync, not one per
+    value)."""
+    out, by_device = {}, {}
     for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+            by_device.setdefault(value.device, []).append((key, value))
+            out[key] = None  # keeps the order of the keys
+            continue
         value = to_number(value)
         if isinstance(value, numbers.Number) and not isinstance(value, bool):
             out[key] = value
-    return out
+    for pairs in by_device.values():
+        values = torch.stack([v.detach().reshape(()).double() for _, v in pairs]).tolist()
+        for (key, tensor), value in zip(pairs, values):
+            out[key] = value if tensor.is_floating_point() else int(value)
+    return {key: value for key, value in out.items() if value is not None}
 
 
 def batch_size_of(batch):
