@@ -622,7 +622,6 @@ class Trainer(CheckpointingMixin):
         """NaN/inf check of a training loss. Where reading a scalar is free (the CPU) it is
         checked now, before backward; elsewhere a flag on the device collects it and
         ``check_finite_losses`` reads it at a fixed batch cadence (no host sync per step)."""
-        loss = loss.detach()
         if self.device.cheap_item:
             value = loss.item()
             if not math.isfinite(value):
@@ -631,6 +630,7 @@ class Trainer(CheckpointingMixin):
                 self._raise_nonfinite(value, where, stepped=False)
             self._recent_losses.append(value)
             return
+        loss = loss.detach()
         bad = ~torch.isfinite(loss)
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         self._recent_losses.append(loss)
@@ -679,13 +679,13 @@ class Trainer(CheckpointingMixin):
         if self._unchecked_outputs:
             checks.check_training_output(out)
             self._unchecked_outputs -= 1
+        if isinstance(out, torch.Tensor):
+            return out, _EMPTY, _EMPTY
         if isinstance(out, (tuple, list)):
             loss, prog = out
             return loss, prog, prog
         if isinstance(out, dict):
             return out['loss'], out.get('prog', _EMPTY), out.get('log', _EMPTY)
-        if isinstance(out, torch.Tensor):
-            return out, _EMPTY, _EMPTY
         checks.unsupported_output(out)
 
 
