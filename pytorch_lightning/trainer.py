@@ -173,6 +173,16 @@ class Trainer(CheckpointingMixin):
         return self.state.global_step
 
     @property
+    def num_gpus(self):
+        """How many GPUs this process trains on (0 on the CPU)."""
+        return len(self.device.gpu_ids or ())
+
+    @property
+    def root_gpu(self):
+        """The id of the GPU that holds the module and the batches (``None`` on the CPU)."""
+        return self.device.gpu_ids[0] if self.device.gpu_ids else None
+
+    @property
     def experiment(self):
         """The test-tube Experiment (or the logger standing for it), ``None`` if disabled."""
         return None if self.logger is None else self.logger.experiment

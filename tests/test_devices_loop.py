@@ -104,11 +104,12 @@ def test_autocast_on_the_cpu(quiet, amp_dtype, dtype):
     assert all(s[0] == dtype for s in DtypeSpy.seen if s[1] == 'val')
 
 
-def test_full_precision_by_default(quiet):
+def test_full_precision_on_the_cpu_by_default(quiet):
     DtypeSpy.seen = []
     trainer = Trainer(**quiet())
     trainer.fit(DtypeSpy())
     assert isinstance(trainer.precision, FullPrecision)
+    assert trainer.num_gpus == 0 and trainer.root_gpu is None
     assert all(s[0] == torch.float32 for s in DtypeSpy.seen)
 
 

@@ -1,16 +1,19 @@
 """GPU tests of the device building blocks. Every test is skipped without CUDA, and the
 DataParallel tests with fewer than 2 GPUs. Run them all with ``scripts/gpu_check.sh``."""
 import collections
+import os
 
-import pytest
-import torch
-from torch import nn
+os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before CUDA starts: bit-exact tests
 
-from pytorch_lightning import RootModule
-from pytorch_lightning.exceptions import MisconfigurationException
-from pytorch_lightning.placement.data_parallel import DataParallelRunner
-from pytorch_lightning.placement.gpus import parse_gpus, root_gpu
-from pytorch_lightning.utilities.transfer import move_to_device
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from pytorch_lightning import RootModule  # noqa: E402
+from pytorch_lightning.exceptions import MisconfigurationException  # noqa: E402
+from pytorch_lightning.placement.data_parallel import DataParallelRunner  # noqa: E402
+from pytorch_lightning.placement.gpus import parse_gpus, root_gpu  # noqa: E402
+from pytorch_lightning.utilities.transfer import move_to_device  # noqa: E402
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 needs_gpu = pytest.mark.skipif(GPUS < 1, reason='needs CUDA')
@@ -211,10 +214,8 @@ def test_host_syncs_per_training_step_at_most_a_tenth(tmp_path, use_amp):
 
 @needs_gpu
 def test_float16_amp_trains_saves_its_scaler_and_resumes_bit_exactly(tmp_path):
-    import os
     from pytorch_lightning import Trainer
     from pytorch_lightning.callbacks import ModelCheckpoint
-    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     torch.use_deterministic_algorithms(True)
     try:
         def fit(epochs, resume=None, folder='a'):
@@ -261,3 +262,19 @@ def test_trainer_with_data_parallel_trains_and_validates(tmp_path):
     assert type(trainer.device).__name__ == 'DataParallelDevice'
     assert trainer.module is model and 'val_loss' in trainer.callback_metrics
     assert trainer.callback_metrics['val_loss'] < 0.5
+
+
+@needs_gpu
+def test_cpu_checkpoint_resumes_on_a_gpu(tmp_path):
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    cpu = Trainer(default_save_path=str(tmp_path), max_nb_epochs=1, progress_bar=False,
+                  checkpoint_callback=ModelCheckpoint(tmp_path / 'c'))
+    cpu.fit(_Tiny(n=256))
+    gpu = Trainer(default_save_path=str(tmp_path), gpus=1, max_nb_epochs=2, progress_bar=False,
+                  resume_from_checkpoint=tmp_path / 'c' / 'last.ckpt')
+    model = _Tiny(n=256)
+    gpu.fit(model)
+    assert gpu.num_gpus == 1 and gpu.root_gpu == 0 and gpu.current_epoch == 1
+    assert all(p.is_cuda for p in model.parameters())
+    assert all(s['exp_avg'].is_cuda for s in gpu.optimizers[0].state.values())
