@@ -278,3 +278,22 @@ def test_cpu_checkpoint_resumes_on_a_gpu(tmp_path):
     assert gpu.num_gpus == 1 and gpu.root_gpu == 0 and gpu.current_epoch == 1
     assert all(p.is_cuda for p in model.parameters())
     assert all(s['exp_avg'].is_cuda for s in gpu.optimizers[0].state.values())
+
+
+@needs_2_gpus
+def test_test_after_a_data_parallel_fit(tmp_path):
+    from pytorch_lightning import Trainer
+
+    class WithTest(_Tiny):
+        def test_step(self, data_batch, batch_nb):
+            x, y = data_batch
+            return {'test_acc': (self.net(x).argmax(1) == y).float().mean()}
+
+        @property
+        def test_dataloader(self):
+            return self.val_dataloader
+
+    trainer = Trainer(default_save_path=str(tmp_path), gpus=2, max_nb_epochs=1,
+                      progress_bar=False)
+    trainer.fit(WithTest())
+    assert trainer.test()['test_acc'] > 0.8

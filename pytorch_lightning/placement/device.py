@@ -68,11 +68,9 @@ class DataParallelDevice(CUDADevice):
         self.gpu_ids = list(gpu_ids)
         self._runner = None
 
-    def setup(self, module):
-        super().setup(module)
-        self._runner = DataParallelRunner(module, self.gpu_ids)
-
     def run_step(self, module, name, batch, args, context):
+        if self._runner is None or self._runner.module is not module:  # also test() after fit
+            self._runner = DataParallelRunner(module, self.gpu_ids)
         # autocast is thread-local and replicas run in threads: entered inside each
         return self._runner.run(name, batch, *args, context=context)
 
