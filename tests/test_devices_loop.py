@@ -286,3 +286,47 @@ def test_lazy_path_reads_the_device_once_per_log_row(quiet, tmp_path, monkeypatc
     # 8 rows (0.1 per step), plus the validation row and two host-side reads of the loader's
     # seed (CPU tensors, never a device sync)
     assert steps == 80 and len(reads) <= 0.1 * steps + 3, len(reads)
+
+
+# ------------------------------------------------------------------------------ DataParallel
+from test_devices_cpu import two_fake_gpus  # noqa: E402,F401  (the fixture)
+
+
+def test_trainer_through_the_data_parallel_device_on_fake_gpus(quiet, two_fake_gpus):
+    """The Trainer's DataParallel path on the CPU: two fake GPUs (scatter halves the batch,
+    every replica is the module itself). Training, validation and test steps all go through
+    the runner; the weighted reduction gives one device's gradient on the whole batch, so the
+    weights match a plain CPU fit."""
+    from pytorch_lightning.placement import DataParallelDevice
+    from pytorch_lightning.placement.data_parallel import DataParallelRunner
+
+    class FakeTwoGPUs(DataParallelDevice):
+        transfers_batches, cheap_item = False, True
+
+        def __init__(self):
+            super().__init__([0, 1])
+            self.root = torch.device('cpu')
+
+        def setup(self, module):
+            pass
+
+        def run_step(self, module, name, batch, args, context):
+            if self._runner is None:
+                self._runner = DataParallelRunner(module, self.gpu_ids)
+                self._runner.output_device = self.root  # the fake replicas' outputs live here
+            return super().run_step(module, name, batch, args, context)
+
+    torch.manual_seed(0)
+    plain = TinyModel()
+    Trainer(**quiet(max_nb_epochs=2)).fit(plain)
+    torch.manual_seed(0)
+    model = TinyModel()
+    trainer = Trainer(**quiet(max_nb_epochs=2))
+    trainer.device = FakeTwoGPUs()
+    trainer.fit(model)
+    assert two_fake_gpus and all(devices == [0, 1] for devices, _ in two_fake_gpus)
+    assert any(detach for _, detach in two_fake_gpus)  # validation replicas, under no_grad
+    assert trainer.num_gpus == 2 and trainer.root_gpu == 0
+    for a, b in zip(plain.parameters(), model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert trainer.test()['test_acc'] == Trainer(**quiet()).test(plain)['test_acc']
