@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from pytorch_lightning.exceptions import MisconfigurationException
-from pytorch_lightning.placement import data_parallel
 from pytorch_lightning.placement.data_parallel import (
     DataParallelRunner, _slice_size, reduce_replica_outputs)
 from pytorch_lightning.placement.gpus import parse_gpus, root_gpu
@@ -291,32 +290,6 @@ def test_slice_size_is_the_first_dimension_of_the_first_tensor_with_one():
     assert _slice_size((torch.tensor(1.0), [{'x': torch.zeros(3)}])) == 3
     assert _slice_size(Pair('a', torch.zeros(2, 1))) == 2
     assert _slice_size(['text', 4]) is None
-
-
-@pytest.fixture
-def two_fake_gpus(monkeypatch):
-    """The runner's multi-device path on the CPU: scatter chunks a tuple batch like torch's
-    Scatter, every "replica" is the module itself (so gradients add up on its parameters, as
-    they do through replicate's Broadcast), and the CUDA device/stream calls do nothing.
-    Returns the list of ``replicate`` calls as ``(devices, detach)``."""
-    replicated = []
-
-    def scatter(batch, ids):
-        return [tuple(piece) for piece in zip(*[t.chunk(len(ids)) for t in batch])]
-
-    def replicate(module, devices, detach):
-        replicated.append((devices, detach))
-        return [module for _ in devices]
-
-    monkeypatch.setattr(data_parallel, 'scatter', scatter)
-    monkeypatch.setattr(data_parallel, 'replicate', replicate)
-    monkeypatch.setattr(torch.cuda, 'current_stream', lambda device: None)
-    monkeypatch.setattr(torch.cuda, 'device', NoDevice)  # torch checks isinstance(x, device)
-    return replicated
-
-
-class NoDevice(contextlib.nullcontext):
-    """Stands in for ``torch.cuda.device`` (a class) as a context that does nothing."""
 
 
 class Regressor(torch.nn.Module):

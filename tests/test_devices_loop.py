@@ -289,9 +289,6 @@ def test_lazy_path_reads_the_device_once_per_log_row(quiet, tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------------------ DataParallel
-from test_devices_cpu import two_fake_gpus  # noqa: E402,F401  (the fixture)
-
-
 def test_trainer_through_the_data_parallel_device_on_fake_gpus(quiet, two_fake_gpus):
     """The Trainer's DataParallel path on the CPU: two fake GPUs (scatter halves the batch,
     every replica is the module itself). Training, validation and test steps all go through
