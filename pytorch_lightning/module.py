@@ -124,8 +124,9 @@ class RootModule(nn.Module):
         return model
 
     @classmethod
-    def load_from_metrics(cls, weights_path, tags_csv):
-        """Classic loading, on the CPU: hparams from the experiment folder that holds
+    def load_from_metrics(cls, weights_path, tags_csv, on_gpu=False):
+        """Classic loading, on the CPU (``on_gpu=True``: then moved to the current GPU):
+        hparams from the experiment folder that holds
         ``tags_csv`` (test-tube's ``meta_tags.csv``), weights from ``weights_path`` (a
         checkpoint, or a file holding ``{'state_dict': ...}``). When ``hparams.json`` (see
         ``hparams.save_hparams_file``) sits beside ``tags_csv`` the hparams come from it,
@@ -138,6 +139,12 @@ class RootModule(nn.Module):
         checkpoint = checkpoint_io.load_weights(weights_path)
         model = cls._construct(hparams, checkpoint, weights_path, f'the hparams from {source}')
         checkpoint_io.load_into_model(model, checkpoint, weights_path)
+        if on_gpu:
+            if not torch.cuda.is_available():
+                raise MisconfigurationException(
+                    "load_from_metrics(..., on_gpu=True): CUDA is not available here. Pass "
+                    "on_gpu=False to load on the CPU.")
+            model.cuda()
         return model
 
     @classmethod
@@ -174,6 +181,10 @@ class RootModule(nn.Module):
 
     def on_epoch_end(self):
         """At the end of every training epoch (after its last validation point)."""
+
+    def on_tng_metrics(self, metrics):
+        """Before each training log row is written: ``metrics`` is the row (a dict of
+        numbers); change it in place to change what is logged (classic hook)."""
 
     def on_batch_start(self, batch):
         """Before each training batch; return -1 to end the current epoch."""
@@ -253,3 +264,21 @@ class RootModule(nn.Module):
         total = torch.linalg.vector_norm(torch.stack(per_param), norm_type).item() if per_param else 0.0
         norms[f'grad_{norm_type:g}_norm_total'] = round(total, 4)
         return norms
+
+
+def data_loader(fn):
+    """Classic decorator for a dataloader method: it becomes a property that calls ``fn``
+    once and returns the same loader afterwards (lazy and memoised)::
+
+        @data_loader
+        def tng_dataloader(self):
+            return DataLoader(...)
+    """
+    attr = f'_lazy_{fn.__name__}'
+
+    def loader(self):
+        if attr not in self.__dict__:
+            self.__dict__[attr] = fn(self)
+        return self.__dict__[attr]
+    loader.__name__, loader.__doc__ = fn.__name__, fn.__doc__
+    return property(loader)

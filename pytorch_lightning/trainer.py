@@ -654,6 +654,23 @@ class Trainer(CheckpointingMixin):
         if self._nonfinite is not None:
             self.read_numbers({})
 
+    def _load_weights_for_test(self, model, ckpt_path):
+        if ckpt_path == 'best':
+            best = getattr(self.checkpoint_callback, 'best_path', None)
+            if not best or not os.path.isfile(best):
+                raise MisconfigurationException(
+                    f"test(ckpt_path='best'): the last fit kept no best checkpoint "
+                    f"(checkpoint_callback.best_path is {best!r}; it needs a validation metric "
+                    f"to monitor, e.g. 'val_loss'). Pass a checkpoint path, or ckpt_path=None "
+                    f"to test the current weights.")
+            ckpt_path = best
+        if not os.path.isfile(ckpt_path):
+            raise MisconfigurationException(
+                f"test(ckpt_path={os.fspath(ckpt_path)!r}): no such file. Pass 'best', a "
+                f"checkpoint path, or None for the current weights.")
+        checkpoint_io.load_into_model(model, checkpoint_io.load(ckpt_path), ckpt_path)
+        print(f'testing the weights of {os.fspath(ckpt_path)}')
+
     def _optimizer_step(self, optimizer, opt_i, closure):
         """Step ``optimizer`` through the precision part (``closure`` recomputes the loss and
         gradients; ``None`` when they are already there), then ``on_before_zero_grad`` and
@@ -779,9 +796,12 @@ class Trainer(CheckpointingMixin):
             hooks.call('on_post_performance_check')
         return metrics
 
-    def test(self, model=None):
+    def test(self, model=None, ckpt_path=None):
         """Run ``test_step`` over ``test_dataloader`` (test_percent_check of it) and return
-        the dict ``test_end`` returned. ``model`` defaults to the one last fitted."""
+        the dict ``test_end`` returned. ``model`` defaults to the one last fitted.
+        ``ckpt_path``: ``None`` tests the current weights; ``'best'`` first loads the best
+        checkpoint of the last fit (``checkpoint_callback.best_path``); a path loads that
+        checkpoint's weights (``load_model_specific``) into the model first."""
         if model is None:
             model = self.module
             if model is None:
@@ -789,6 +809,8 @@ class Trainer(CheckpointingMixin):
                     "test() was called without a model and before fit(). Pass the model: "
                     "trainer.test(model).")
         checks.check_test_contract(model)
+        if ckpt_path is not None:
+            self._load_weights_for_test(model, ckpt_path)
         if model is not self.module or self._hooks is None:
             self._attach(model)
         loader = get_loader(model, 'test')

@@ -354,3 +354,72 @@ def test_ctrl_c_before_any_checkpoint_says_so(quiet, capsys):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(StopsOnBatch(stop_at=1, n=16))
     assert 'Interrupted. No checkpoint was written' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ classic names (issue 9)
+def test_data_loader_decorator_is_lazy_and_memoised(quiet):
+    from pytorch_lightning import data_loader
+    calls = []
+
+    class Lazy(TinyModel):
+        @data_loader
+        def tng_dataloader(self):
+            calls.append(1)
+            return make_loader(64, 8)
+
+    model = Lazy()
+    assert calls == []                                   # nothing built until asked
+    assert model.tng_dataloader is model.tng_dataloader  # the same loader every time
+    Trainer(**quiet(nb_sanity_val_steps=0)).fit(model)
+    Trainer(**quiet(nb_sanity_val_steps=0)).fit(model)
+    assert calls == [1]
+
+
+def test_on_tng_metrics_changes_the_logged_row(tmp_path):
+    import csv
+
+    class Renames(TinyModel):
+        def on_tng_metrics(self, metrics):
+            metrics['doubled_loss'] = 2 * metrics.pop('train_loss')
+
+    Trainer(default_save_path=str(tmp_path), progress_bar=False, print_weights_summary=False,
+            max_nb_epochs=1, add_log_row_interval=2, nb_sanity_val_steps=0).fit(Renames())
+    with open(tmp_path / 'lightning_logs' / 'version_0' / 'metrics.csv') as f:
+        rows = [r for r in csv.DictReader(f) if r.get('loss')]
+    assert len(rows) == 4 and all(r['doubled_loss'] and not r.get('train_loss') for r in rows)
+    assert all(float(r['doubled_loss']) == pytest.approx(2 * float(r['loss'])) for r in rows)
+
+
+def test_test_ckpt_path_best_path_and_current_weights(quiet, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    ckpt = ModelCheckpoint(tmp_path / 'c', mode='min')
+    trainer = Trainer(**quiet(max_nb_epochs=3, checkpoint_callback=ckpt))
+    model = TinyModel()
+    trainer.fit(model)
+    best_model = TinyModel.load_from_checkpoint(ckpt.best_path)
+    expected = Trainer(**quiet()).test(best_model)['test_acc']
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # the current weights are now useless
+    assert trainer.test(ckpt_path='best')['test_acc'] == expected
+    assert trainer.test(ckpt_path=ckpt.best_path)['test_acc'] == expected
+    with pytest.raises(MisconfigurationException, match='no such file'):
+        trainer.test(ckpt_path=tmp_path / 'missing.ckpt')
+    no_best = Trainer(**quiet(checkpoint_callback=False))
+    no_best.fit(TinyModel())
+    with pytest.raises(MisconfigurationException, match="ckpt_path='best'"):
+        no_best.test(ckpt_path='best')
+
+
+def test_load_from_metrics_on_gpu_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('CUDA is available here')
+    Trainer(default_save_path=str(tmp_path), progress_bar=False, print_weights_summary=False,
+            max_nb_epochs=1).fit(TinyModel())
+    folder = tmp_path / 'lightning_logs' / 'version_0'
+    with pytest.raises(MisconfigurationException, match='on_gpu=False'):
+        TinyModel.load_from_metrics(folder / 'checkpoints' / 'last.ckpt',
+                                    folder / 'meta_tags.csv', on_gpu=True)
+    model = TinyModel.load_from_metrics(folder / 'checkpoints' / 'last.ckpt',
+                                        folder / 'meta_tags.csv')
+    assert next(model.parameters()).device.type == 'cpu'

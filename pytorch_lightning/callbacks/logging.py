@@ -44,6 +44,9 @@ class MetricsLogging(Callback):
             self._until_row = self.row_interval
             # one read from the device: the log dict, the loss and the NaN flag together
             row = trainer.read_numbers({**trainer.last_log, 'loss': trainer.last_loss})
+            on_tng_metrics = getattr(module, 'on_tng_metrics', None)
+            if on_tng_metrics is not None:
+                on_tng_metrics(row)  # the classic hook: may change the row in place
             if self._grad_norms:
                 row.update(self._grad_norms)
                 self._grad_norms = {}
