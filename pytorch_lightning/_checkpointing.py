@@ -85,7 +85,7 @@ class CheckpointingMixin:
     def _restore_if_asked(self):
         path = self.resume_from_checkpoint
         if path is None and slurm_job_id() is not None and (
-                self.logger is None or self.logger._version is not None):
+                self.logger is None or getattr(self.logger, '_version', 0) is not None):
             hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
             path = hpc[-1] if hpc else None
         self._resume_position = None

@@ -342,8 +342,8 @@ def dump(trainer, position, durable_logs=False):
         'optimizers': [opt.state_dict() for opt in trainer.optimizers],
         'lr_schedulers': [sched.state_dict() for sched in trainer.lr_schedulers],
         'callbacks': dict(zip(callback_keys(callbacks), (cb.state_dict() for cb in callbacks))),
-        'logger': (None if trainer.logger is None
-                   else trainer.logger.state_dict(trainer.state.total_batches, durable_logs)),
+        'logger': (trainer.logger.state_dict(trainer.state.total_batches, durable_logs)
+                   if hasattr(trainer.logger, 'state_dict') else None),
         'accumulated_grads': grads,
         'precision': trainer.precision.state_dict(),
         'val_metrics': dict(trainer.val_metrics),
@@ -381,6 +381,7 @@ def restore(trainer, checkpoint, path):
                 param.grad = None if grad is None else grad.to(param.device)
     trainer.val_metrics = dict(meta['val_metrics'])
     trainer.precision.load_state_dict(meta.get('precision') or {})
-    if trainer.logger is not None and meta['logger'] is not None:
+    if (trainer.logger is not None and meta['logger'] is not None
+            and hasattr(trainer.logger, 'load_state_dict')):
         trainer.logger.load_state_dict(meta['logger'])
     return meta['position'], meta['rng']

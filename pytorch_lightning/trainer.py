@@ -104,7 +104,7 @@ class Trainer(CheckpointingMixin):
                  log_save_interval=100, add_log_row_interval=10, print_weights_summary=True,
                  callbacks=None, checkpoint_callback=None, early_stop_callback=None,
                  resume_from_checkpoint=None, gpus=None, distributed_backend=None,
-                 use_amp=False, amp_dtype=None, amp_level=None):
+                 use_amp=False, amp_dtype=None, amp_level=None, logger=None):
         checks.check_trainer_args(dict(locals()))
         self.default_save_path = os.fspath(default_save_path or os.getcwd())
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
@@ -135,9 +135,9 @@ class Trainer(CheckpointingMixin):
         self.user_callbacks = list(callbacks or [])
         self.resume_from_checkpoint = resume_from_checkpoint
 
-        self._experiment_arg = experiment
+        self._experiment_arg = experiment if logger is None else logger
         self._fits = 0
-        self.logger = self._build_logger(experiment)
+        self.logger = logger if logger is not None else self._build_logger(experiment)
         self._logs_in_save_path = experiment is None  # the default logger writes there
         self.checkpoint_callback = checkpoint_callback
         if checkpoint_callback is None:
@@ -185,7 +185,7 @@ class Trainer(CheckpointingMixin):
     @property
     def experiment(self):
         """The test-tube Experiment (or the logger standing for it), ``None`` if disabled."""
-        return None if self.logger is None else self.logger.experiment
+        return None if self.logger is None else getattr(self.logger, 'experiment', self.logger)
 
     def running_loss(self):
         """Mean of the last (up to) 20 training losses, as a float (``nan`` before any)."""
@@ -267,7 +267,9 @@ class Trainer(CheckpointingMixin):
         logging. Default ModelCheckpoint files and HPC checkpoints go here."""
         if self.logger is None:
             return os.path.join(self.default_save_path, 'checkpoints')
-        return os.path.join(self.logger.log_dir, 'checkpoints')
+        folder = getattr(self.logger, 'log_dir', None) or os.path.join(
+            self.default_save_path, str(self.logger.name), f'version_{self.logger.version}')
+        return os.path.join(folder, 'checkpoints')
 
     def _callbacks(self):
         built_in = [cb for cb in (self.checkpoint_callback, self.early_stop_callback) if cb]
@@ -428,7 +430,7 @@ class Trainer(CheckpointingMixin):
             elif self.resume_from_checkpoint is None:
                 raise MisconfigurationException(
                     f"fit() was called again on a Trainer that logs into one fixed version "
-                    f"({self.logger.log_dir}); a second run would mix its rows with the "
+                    f"({self.default_checkpoint_dir()[:-len('/checkpoints')]}); a second run would mix its rows with the "
                     f"first's. Use a new Trainer with another Experiment (or experiment=None "
                     f"for the next free version each fit), or pass resume_from_checkpoint= "
                     f"to continue the first run.")

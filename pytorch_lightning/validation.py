@@ -50,6 +50,16 @@ def check_trainer_args(args):
         _fail(f"Trainer(experiment={exp!r}): expected None (a test-tube Experiment under "
               f"default_save_path/lightning_logs), False (no logging), or a "
               f"test_tube.Experiment.")
+    logger = args.get('logger')
+    if logger is not None:
+        if exp is not None:
+            _fail(f"Trainer(logger={logger!r}, experiment={exp!r}): pass one of them. logger= "
+                  f"takes any LightningLoggerBase; experiment= a test_tube.Experiment or False.")
+        missing = [m for m in ('log_hyperparams', 'log_metrics', 'save', 'finalize')
+                   if not callable(getattr(logger, m, None))]
+        if missing:
+            _fail(f"Trainer(logger={logger!r}): a logger needs the methods {missing}. Subclass "
+                  f"pytorch_lightning.loggers.LightningLoggerBase.")
     path = args['default_save_path']
     if path is not None and not isinstance(path, (str, os.PathLike)):
         _fail(f"Trainer(default_save_path={path!r}): expected a folder path (str) or None "

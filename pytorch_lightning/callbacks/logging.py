@@ -54,7 +54,7 @@ class MetricsLogging(Callback):
         self._until_save -= 1
         if self._until_save == 0:
             self._until_save = self.save_interval
-            self.logger.save()
+            getattr(self.logger, 'request_save', self.logger.save)()  # test-tube: async
 
     def on_validation_end(self, trainer, module, metrics):
         self._log(trainer, numbers_only(metrics))
@@ -64,10 +64,12 @@ class MetricsLogging(Callback):
         self.logger.save()
 
     def on_fit_end(self, trainer, module):
-        self.logger.finalize()
+        self.logger.finalize('finished')
 
     def on_exception(self, trainer, module, error):
-        self.logger.finalize()  # every row logged before the error is saved
+        # every row logged before the error is saved; the status tells what happened
+        interrupted = not isinstance(error, Exception) or type(error).__name__ == '_Preempted'
+        self.logger.finalize('interrupted' if interrupted else 'failed')
 
     def state_dict(self):
         return {'until_row': self._until_row, 'until_save': self._until_save}

@@ -15,6 +15,7 @@ The version folder is held by a lock file (``.lightning.lock``: host, pid and th
 start time). A lock whose owner has finished or died never blocks a later run; two live runs
 that share one folder get a ``MisconfigurationException``.
 """
+import argparse
 import atexit
 import contextlib
 import csv
@@ -30,6 +31,7 @@ import weakref
 from ..exceptions import MisconfigurationException
 from ..hparams import hparams_to_dict, load_hparams_file, save_hparams_file
 from ..utilities import pid_alive
+from .base import LightningLoggerBase, rank_zero_only
 
 #: The writer thread hands rows to test-tube and saves at most this often...
 SAVE_EVERY_S = 1.0
@@ -44,6 +46,8 @@ HEARTBEAT_S = 30.0
 #: A lock written on another host and not touched for this long belongs to a dead run.
 STALE_AFTER_S = 4 * HEARTBEAT_S
 LOCK_NAME = '.lightning.lock'
+#: The run's status in the version folder: running, finished, failed or interrupted.
+STATUS_FILE = 'run_status.json'
 #: Columns written to metrics.csv only, never as TensorBoard scalars.
 CSV_ONLY = frozenset({'step', 'global_step', 'created_at'})
 
@@ -194,7 +198,7 @@ def _created_at(walltime):
 
 
 # ------------------------------------------------------------------------------ the logger
-class TestTubeLogger:
+class TestTubeLogger(LightningLoggerBase):
     """Logs to a test-tube ``Experiment`` at ``save_dir/name/version_<n>``: ``metrics.csv``,
     ``meta_tags.csv``, ``hparams.json`` (the typed hyperparameters) and TensorBoard files
     under ``tf/``.
@@ -223,7 +227,7 @@ class TestTubeLogger:
         self._thread = None             # the writer thread while open
         self._lock = None               # FolderLock while open
         self._resume = None             # a checkpoint's state, applied at the next open
-        self._tagged = False
+        self._tagged = None            # the hparams logged so far (merged)
         self._pending_tags = []         # tags waiting for the writer
         # every row since the logger opened: (row, step, walltime); the writer hands
         # rows[handed:] to test-tube; rows[:saved - rows_at_open] are on disk
@@ -442,26 +446,37 @@ class TestTubeLogger:
         self._pending_tags.append(dict(tags))
         self._save_wanted = True
 
+    @rank_zero_only
     def log_hyperparams(self, params):
         """Open the logger (at fit start: a folder in use is reported before the first
-        batch) and tag ``params`` (a Namespace, dict or object) once per logger, with a
-        typed copy in ``hparams.json`` beside ``meta_tags.csv`` (ints stay ints, a dict
-        stays a dict)."""
+        batch) and tag ``params`` (a Namespace, dict or object), with a typed copy in
+        ``hparams.json`` beside ``meta_tags.csv`` (ints stay ints, a dict stays a dict).
+        Called again, it adds to (or updates) the tags and the typed copy."""
         if self._thread is None:
             self._open()
+            self._write_status('running')
         flat = hparams_to_dict(params)
-        if not flat or self._tagged:
+        if not flat:
             return
-        self._tagged = True
         self.tag(flat)
+        if self._tagged:  # merged with what earlier calls gave, in the first call's container
+            flat = {**hparams_to_dict(self._tagged), **flat}
+            params = flat if isinstance(self._tagged, dict) else argparse.Namespace(**flat)
+        self._tagged = params
         if not self.debug:
             save_hparams_file(self.log_dir, params)
 
-    def save(self):
-        """Ask for a save: the writer does it within about a second (merged with others)."""
+    def request_save(self):
+        """Ask for a save: the writer does it within about a second (merged with others).
+        What ``MetricsLogging`` asks for every ``log_save_interval`` batches."""
         if self._thread is None:
             self._open()
         self._save_wanted = True
+
+    @rank_zero_only
+    def save(self):
+        """Write everything logged so far; saved when it returns (see ``flush``)."""
+        self.flush()
 
     # -------------------------------------------------------------- synchronous
     def flush(self):
@@ -475,13 +490,17 @@ class TestTubeLogger:
             self._save_now()
         return self._saved
 
-    def finalize(self):
+    def finalize(self, status=None):
         """Save everything, stop the writer thread and release the folder; a user's
         Experiment gets its own methods back (and stays open). Logging again afterwards
-        re-opens the same version."""
+        re-opens the same version. ``status`` (``'finished'``, ``'failed'``,
+        ``'interrupted'``) is recorded in ``run_status.json`` in the version folder;
+        ``None`` keeps what is recorded."""
         thread = self._thread
         if thread is None:
             return
+        if status is not None:
+            self._write_status(status)
         exp = self.user_experiment
         try:
             with self._wake:
@@ -535,6 +554,31 @@ class TestTubeLogger:
         first_step = next((s for _, s, _ in carried if s is not None), None)
         self._resume = {'saved': state.get('saved', state['rows']), 'carried': carried,
                         'purge_step': first_step if first_step is not None else state['step'] + 1}
+
+    def _write_status(self, status):
+        """``run_status.json``: whether the run writing this version is running, finished,
+        failed or was interrupted (a later run of the same version reads it)."""
+        if self.debug:
+            return
+        record = {'status': status, 'host': socket.gethostname(), 'pid': os.getpid(),
+                  'at': time.time()}
+        path = os.path.join(self.log_dir, STATUS_FILE)
+        with open(path + '.tmp', 'w') as f:
+            json.dump(record, f)
+        os.replace(path + '.tmp', path)
+
+    def __getstate__(self):
+        """A logger pickles closed: the writer thread, the locks, the experiment object and
+        the rows of the open run stay behind; the copy reopens its version when it logs."""
+        state = dict(self.__dict__)
+        for name in ('_thread', '_lock', '_exp', '_exp_lock', '_wake', 'user_experiment'):
+            state[name] = None
+        state.update(_rows=[], _handed=0, _pending_tags=[], _error=None, _stopping=False)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._exp_lock, self._wake = threading.Lock(), threading.Condition()
 
     def __repr__(self):
         return (f'TestTubeLogger(save_dir={self.save_dir!r}, name={self.name!r}, '
