@@ -7,6 +7,7 @@ decides *where the loop stands* (the position), *when* an HPC checkpoint is writ
 resumed epoch skips the batches already done."""
 import glob
 import itertools
+import json
 import os
 import re
 
@@ -88,6 +89,11 @@ class CheckpointingMixin:
                 self.logger is None or getattr(self.logger, '_version', 0) is not None):
             hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
             path = hpc[-1] if hpc else None
+        if path is None:
+            path = self.unfinished_run_checkpoint()
+            if path is not None:
+                print(f'the run in {os.path.dirname(os.path.dirname(path))} did not finish: '
+                      f'restoring its newest checkpoint, {path}')
         self._resume_position = None
         if path is None:
             return
@@ -96,6 +102,32 @@ class CheckpointingMixin:
         self._resume_position = (position, rng)
         print(f'resumed from {os.fspath(path)} (epoch {self.state.epoch}, '
               f'global step {self.state.global_step})')
+
+    def unfinished_run_checkpoint(self):
+        """Auto-restore (classic): when this trainer logs into a version given by the user
+        (an ``Experiment`` or logger with a version) whose run did not finish (its
+        ``run_status.json`` says running, failed or interrupted), the path of that run's
+        newest checkpoint in ``default_checkpoint_dir()``: the one with the most training
+        batches done (not the newest file). ``None`` otherwise (also for a new version)."""
+        if self.logger is None or getattr(self.logger, '_version', None) is None:
+            return None
+        folder = self.default_checkpoint_dir()
+        status_file = os.path.join(os.path.dirname(folder), 'run_status.json')
+        try:
+            with open(status_file) as f:
+                if json.load(f).get('status') == 'finished':
+                    return None
+        except (OSError, ValueError):  # no status: not a run this library wrote
+            return None
+        newest, most = None, -1
+        for path in glob.glob(os.path.join(glob.escape(folder), '*.ckpt')):
+            try:
+                done = checkpoint_io.load(path)['lightning']['trainer_state']['total_batches']
+            except (checkpoint_io.CheckpointError, KeyError):
+                continue  # a torn or foreign file: the others may do
+            if done > most:
+                newest, most = path, done
+        return newest
 
     def _install_preemption(self):
         if slurm_job_id() is None:

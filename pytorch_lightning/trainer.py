@@ -427,7 +427,7 @@ class Trainer(CheckpointingMixin):
         if self.logger is not None:
             if self._experiment_arg is None:
                 self.logger = self._build_logger(None, first_fit=False)
-            elif self.resume_from_checkpoint is None:
+            elif self.resume_from_checkpoint is None and self.unfinished_run_checkpoint() is None:
                 raise MisconfigurationException(
                     f"fit() was called again on a Trainer that logs into one fixed version "
                     f"({self.default_checkpoint_dir()[:-len('/checkpoints')]}); a second run would mix its rows with the "

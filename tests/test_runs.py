@@ -234,3 +234,47 @@ def test_load_from_metrics_after_a_logged_fit_keeps_int_hparams(tmp_path):
         assert '8.0' in f.read()  # test-tube's float column
     model = Sized.load_from_metrics(folder / 'checkpoints' / 'last.ckpt', folder / 'meta_tags.csv')
     assert type(model.hparams.hidden) is int and model.layer[0].out_features == 8
+
+
+# ------------------------------------------------------------------------------ auto-restore
+class CrashesAt(TinyModel):
+    crash_at = 13
+
+    def training_step(self, data_batch, batch_nb):
+        if self.trainer.state.total_batches == self.crash_at:
+            raise RuntimeError('crash')
+        return super().training_step(data_batch, batch_nb)
+
+
+def test_rerun_of_an_unfinished_version_restores_its_newest_checkpoint(tmp_path, capsys):
+    from pytorch_lightning import checkpoint_io
+    kw = logged(tmp_path, max_nb_epochs=3)
+    with pytest.raises(RuntimeError, match='crash'):
+        Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='r', version=0),
+                **kw).fit(CrashesAt())
+    folder = tmp_path / 'r' / 'version_0' / 'checkpoints'
+    saved = {p.name: checkpoint_io.load(p)['lightning']['trainer_state']['total_batches']
+             for p in folder.glob('*.ckpt')}
+    newest = max(saved, key=saved.get)
+    os.utime(folder / min(saved, key=saved.get))  # file times do not decide
+    CrashesAt.crash_at = -1
+    trainer = Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='r', version=0),
+                      **kw)
+    trainer.fit(CrashesAt())
+    out = capsys.readouterr().out
+    assert 'did not finish' in out and newest in out
+    assert trainer.state.total_batches == 24  # 3 epochs of 8, continued from the checkpoint
+    rows = read_rows(tmp_path / 'r' / 'version_0')
+    assert [r['epoch'] for r in rows if r['val_loss']] == ['0', '1', '2']  # no epoch twice
+
+
+def test_a_finished_or_new_version_is_not_restored(tmp_path, capsys):
+    kw = logged(tmp_path, max_nb_epochs=1)
+    Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='f', version=0),
+            **kw).fit(TinyModel())
+    Trainer(**kw).fit(TinyModel())  # the default: a new version
+    trainer = Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='f', version=0),
+                      **kw)
+    trainer.fit(TinyModel())
+    assert 'did not finish' not in capsys.readouterr().out
+    assert trainer.state.total_batches == 8
