@@ -12,8 +12,11 @@ OPTIMIZERS = {
     'sparse_adam': torch.optim.SparseAdam,
 }
 
-_FORMS = ('one optimizer, a list/tuple of optimizers, or a pair '
-          '([optimizers], [lr_schedulers])')
+_FORMS = ('one optimizer, a list/tuple of optimizers, a pair ([optimizers], [lr_schedulers]), '
+          "or a dict {'optimizer': opt, 'lr_scheduler': sched or {...}, 'frequency': n} (or a "
+          'list of such dicts)')
+_OPTIMIZER_KEYS = ('optimizer', 'lr_scheduler', 'frequency')
+_SCHEDULER_KEYS = ('scheduler', 'interval', 'frequency', 'monitor')
 
 
 def choose_optimizer(name, params, kwargs=None, key='optimizer'):
@@ -30,8 +33,84 @@ def _is_scheduler(obj):
     return hasattr(obj, 'step') and hasattr(obj, 'optimizer') and not isinstance(obj, torch.optim.Optimizer)
 
 
+class Optimizers:
+    """What ``configure_optimizers`` returned, normalised: ``optimizers``; ``schedulers``, one
+    dict per LR scheduler (``scheduler``, ``interval`` 'epoch' or 'step', ``frequency``,
+    ``monitor``, ``optimizer_i``: the optimizer it follows); ``frequencies`` (how many
+    consecutive training batches each optimizer takes in turn) or ``None`` (every optimizer on
+    every batch)."""
+
+    def __init__(self, optimizers, schedulers, frequencies):
+        self.optimizers, self.schedulers, self.frequencies = optimizers, schedulers, frequencies
+
+
+def _fail(message):
+    raise MisconfigurationException(f"configure_optimizers: {message}")
+
+
+def _scheduler_config(entry, optimizer_i, optimizer):
+    config = {'scheduler': entry, 'interval': 'epoch', 'frequency': 1, 'monitor': 'val_loss',
+              'optimizer_i': optimizer_i}
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - set(_SCHEDULER_KEYS))
+        if unknown or 'scheduler' not in entry:
+            problem = f'unknown keys {unknown}' if unknown else "no 'scheduler' key"
+            _fail(f"an 'lr_scheduler' dict has {problem}; it takes {list(_SCHEDULER_KEYS)} "
+                  f"('scheduler' required).")
+        config.update(entry)
+    if not _is_scheduler(config['scheduler']):
+        _fail(f"'lr_scheduler' must be an LR scheduler (torch.optim.lr_scheduler.*), got "
+              f"{type(config['scheduler']).__name__}.")
+    if config['interval'] not in ('epoch', 'step'):
+        _fail(f"'interval' is {config['interval']!r}; use 'epoch' or 'step' (each optimizer "
+              f"step of its optimizer).")
+    freq = config['frequency']
+    if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
+        _fail(f"the scheduler's 'frequency' is {freq!r}; use an int >= 1.")
+    if optimizer is not None and config['scheduler'].optimizer is not optimizer:
+        _fail("an 'lr_scheduler' belongs to another optimizer than the one in its dict.")
+    return config
+
+
+def _from_dicts(entries):
+    optimizers, schedulers, frequencies = [], [], []
+    for i, entry in enumerate(entries):
+        unknown = sorted(set(entry) - set(_OPTIMIZER_KEYS))
+        if unknown:
+            _fail(f"dict {i} has unknown keys {unknown}; it takes {list(_OPTIMIZER_KEYS)}.")
+        if 'optimizer' not in entry:
+            _fail(f"dict {i} has no 'optimizer' key (keys: {sorted(entry)}).")
+        opt = entry['optimizer']
+        if not isinstance(opt, torch.optim.Optimizer):
+            _fail(f"dict {i}: 'optimizer' is {type(opt).__name__}, not a torch.optim.Optimizer.")
+        optimizers.append(opt)
+        if entry.get('lr_scheduler') is not None:
+            schedulers.append(_scheduler_config(entry['lr_scheduler'], i, opt))
+        frequencies.append(entry.get('frequency'))
+    if all(f is None for f in frequencies):
+        return Optimizers(optimizers, schedulers, None)
+    for i, freq in enumerate(frequencies):
+        if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
+            _fail(f"dict {i} has 'frequency': {freq!r}; when one optimizer has a frequency, "
+                  f"each needs an int >= 1 (batches it takes in turn).")
+    return Optimizers(optimizers, schedulers, frequencies)
+
+
 def normalize_optimizers(result):
-    """Turn ``configure_optimizers()``'s return value into ``(optimizers, schedulers)`` lists."""
+    """``Optimizers`` from ``configure_optimizers()``'s return value (every classic form,
+    and the dict forms)."""
+    if isinstance(result, dict):
+        return _from_dicts([result])
+    if isinstance(result, (list, tuple)) and result and all(isinstance(r, dict) for r in result):
+        return _from_dicts(list(result))
+    optimizers, schedulers = _classic(result)
+    owners = {id(opt): i for i, opt in enumerate(optimizers)}
+    return Optimizers(optimizers, [_scheduler_config(s, owners.get(id(s.optimizer), 0), None)
+                                   for s in schedulers], None)
+
+
+def _classic(result):
+    """``(optimizers, schedulers)`` lists from the classic return forms."""
     if isinstance(result, torch.optim.Optimizer):
         return [result], []
     if (isinstance(result, (list, tuple)) and len(result) == 2

@@ -11,6 +11,8 @@ class TrainerState:
     accumulation_position: int = 0  # batches already accumulated into the open window
     should_stop: bool = False       # set by a callback (e.g. early stopping) to end training
     stage: str = 'idle'             # 'idle' | 'sanity_check' | 'train' | 'validate' | 'test'
+    # steps taken by each optimizer (step-wise LR schedulers count these)
+    optimizer_steps: list = dataclasses.field(default_factory=list)
 
     def state_dict(self):
         return dataclasses.asdict(self)
@@ -19,4 +21,4 @@ class TrainerState:
         names = {f.name for f in dataclasses.fields(self)}
         for key, value in state.items():
             if key in names:
-                setattr(self, key, value)
+                setattr(self, key, list(value) if isinstance(value, (list, tuple)) else value)

@@ -153,6 +153,7 @@ class Trainer(CheckpointingMixin):
         self.world = SingleProcess()
         self.module = None
         self._nonfinite, self._checked_upto, self._warned_no_step = None, 0, False
+        self._scheduler_configs, self.optimizer_frequencies, self._stepped = [], None, ()
         self.optimizers, self.lr_schedulers = [], []
         self.nb_training_batches = self.nb_val_batches = self.nb_test_batches = 0
         self.nb_batches_this_epoch = 0
@@ -319,7 +320,13 @@ class Trainer(CheckpointingMixin):
         checks.check_module(model)
         model.train()
         self._attach(model)
-        self.optimizers, self.lr_schedulers = normalize_optimizers(model.configure_optimizers())
+        configured = normalize_optimizers(model.configure_optimizers())
+        self.optimizers, self._scheduler_configs = configured.optimizers, configured.schedulers
+        self.lr_schedulers = [config['scheduler'] for config in self._scheduler_configs]
+        self.optimizer_frequencies = configured.frequencies
+        checks.check_optimizer_frequencies(configured.frequencies, self.accumulate_grad_batches)
+        if len(self.state.optimizer_steps) != len(self.optimizers):
+            self.state.optimizer_steps = [0] * len(self.optimizers)
         checks.check_closure_optimizers(self.optimizers, self.accumulate_grad_batches,
                                         self.precision, self._hooks, model)
         self._train_step_arity = step_arity(model, 'training_step', len(self.optimizers))
@@ -338,8 +345,9 @@ class Trainer(CheckpointingMixin):
             self.nb_val_batches = self._batch_limit(self._val_loader, self.val_percent_check,
                                                     'val_percent_check')
         self._val_every = self._validation_interval()
-        if self._val_loader is None and any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)
-                                            for s in self.lr_schedulers):
+        if self._val_loader is None and any(
+                isinstance(c['scheduler'], torch.optim.lr_scheduler.ReduceLROnPlateau)
+                and c['interval'] == 'epoch' for c in self._scheduler_configs):
             raise MisconfigurationException(
                 "configure_optimizers returned a ReduceLROnPlateau scheduler, which steps on "
                 "'val_loss', but the model has no validation. Add validation_step and "
@@ -493,25 +501,31 @@ class Trainer(CheckpointingMixin):
             self._run_epoch(epoch, resume)
             resume = None
             validated = self._val_loader is not None and (epoch + 1) % self.check_val_every_n_epoch == 0
-            for scheduler in self.lr_schedulers:
-                self._step_scheduler(scheduler, validated)
+            for config in self._scheduler_configs:
+                if config['interval'] == 'epoch' and (epoch + 1) % config['frequency'] == 0:
+                    self._step_scheduler(config, validated)
             self._epoch_done = True
             self._save_point()
             if state.should_stop and epoch + 1 >= self.min_nb_epochs:
                 break
 
-    def _step_scheduler(self, scheduler, validated):
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if not validated:  # it steps on this epoch's val_loss; none was computed
-                return
-            if 'val_loss' not in self.val_metrics:
-                raise MisconfigurationException(
-                    "ReduceLROnPlateau steps on 'val_loss', but validation_end returned "
-                    f"{sorted(self.val_metrics)}. Return {{'val_loss': ...}} from "
-                    "validation_end.")
-            scheduler.step(to_number(self.val_metrics['val_loss']))
-        else:
+    def _step_scheduler(self, config, validated=True):
+        """One ``step()`` of the scheduler in ``config``; a ``ReduceLROnPlateau`` steps on
+        its ``monitor`` (epoch-wise: from this epoch's validation, skipped when none ran;
+        step-wise: from the latest metrics, ``callback_metrics``)."""
+        scheduler, key = config['scheduler'], config['monitor']
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step()
+            return
+        if config['interval'] == 'epoch' and not validated:
+            return  # it steps on this epoch's validation metric; none was computed
+        metrics = self.val_metrics if config['interval'] == 'epoch' else self.callback_metrics
+        if key not in metrics:
+            raise MisconfigurationException(
+                f"ReduceLROnPlateau steps on {key!r} (its 'monitor'), but the metrics hold "
+                f"{sorted(metrics)}. Return {key!r} from validation_end (or training_step's "
+                f"dicts for interval 'step'), or set the scheduler dict's 'monitor'.")
+        scheduler.step(to_number(metrics[key]))
 
     def _run_epoch(self, epoch, resume=None):
         state, hooks = self.state, self._hooks
@@ -563,6 +577,8 @@ class Trainer(CheckpointingMixin):
                 self._before_optimizer_step(optimizer, opt_i)
                 self._optimizer_step(optimizer, opt_i, None)
             self.precision.update()
+            self._stepped = tuple(enumerate(self.optimizers))
+            self._step_schedulers_per_step()
             state.accumulation_position = 0
             state.global_step += 1
         self.check_finite_losses()
@@ -580,7 +596,8 @@ class Trainer(CheckpointingMixin):
             self._window = acc if acc == 1 or nb is None else min(acc, nb - batch_idx)
         completes = state.accumulation_position + 1 == self._window
         prog, log = {}, {}  # every optimizer's dicts; on a shared name the last one wins
-        for opt_i, optimizer in enumerate(self.optimizers):
+        self._stepped = tuple(self._due_optimizers())
+        for opt_i, optimizer in self._stepped:
             closure = _TrainingClosure(self, batch, batch_idx, opt_i, optimizer, completes)
             if completes:
                 self._optimizer_step(optimizer, opt_i, closure)
@@ -592,10 +609,36 @@ class Trainer(CheckpointingMixin):
         self.last_loss, self.last_prog, self.last_log = loss, prog, log
         if completes:
             self.precision.update()
+            self._step_schedulers_per_step()
             state.accumulation_position = 0
             state.global_step += 1
         else:
             state.accumulation_position += 1
+
+    def _due_optimizers(self):
+        """``(optimizer_i, optimizer)`` of every optimizer, or with frequencies only the one
+        whose turn this training batch is (turns counted by ``total_batches``, so a resume
+        continues the cycle exactly)."""
+        freqs = self.optimizer_frequencies
+        if freqs is None:
+            return enumerate(self.optimizers)
+        position = self.state.total_batches % sum(freqs)
+        for opt_i, freq in enumerate(freqs):
+            if position < freq:
+                return ((opt_i, self.optimizers[opt_i]),)
+            position -= freq
+
+    def _step_schedulers_per_step(self):
+        """After the optimizers of a batch stepped: count each optimizer's steps and step its
+        'step'-interval schedulers every ``frequency`` of them."""
+        steps = self.state.optimizer_steps
+        for opt_i, _ in self._stepped:
+            steps[opt_i] += 1
+        for config in self._scheduler_configs:
+            if (config['interval'] == 'step' and any(i == config['optimizer_i']
+                                                       for i, _ in self._stepped)
+                    and steps[config['optimizer_i']] % config['frequency'] == 0):
+                self._step_scheduler(config)
 
     def _run_training_step(self, batch, batch_idx, opt_i, completes, optimizer):
         """What the closure does once: ``training_step`` (in the precision's autocast, through

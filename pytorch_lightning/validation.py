@@ -254,3 +254,12 @@ def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hoo
             _fail(f"{name}, and {type(module).__name__}.optimizer_step calls optimizer.step() "
                   f"without the closure LBFGS needs. Add a `second_order_closure=None` "
                   f"argument and call optimizer.step(second_order_closure).")
+
+
+def check_optimizer_frequencies(frequencies, accumulate_grad_batches):
+    """Optimizers that take turns by batch cannot accumulate over several batches."""
+    if frequencies is not None and accumulate_grad_batches != 1:
+        _fail(f"configure_optimizers gave optimizer frequencies {frequencies} (optimizers take "
+              f"turns by training batch) and Trainer(accumulate_grad_batches="
+              f"{accumulate_grad_batches!r}) accumulates over batches; the two cannot be "
+              f"combined. Use accumulate_grad_batches=1, or drop 'frequency'.")

@@ -306,7 +306,7 @@ class Regressor(torch.nn.Module):
         x, y = batch
         if batch_nb == 'fail' and len(x) == 3:
             raise KeyError('the second replica failed')
-        self.calls.append((threading.get_ident(), len(x), torch.is_grad_enabled(),
+        self.calls.append((threading.current_thread(), len(x), torch.is_grad_enabled(),
                            getattr(self.inside, 'flag', False)))
         out = self.layer(x).squeeze(1)
         return ((out - y) ** 2).mean(), {'preds': out, 'name': 'step'}
@@ -332,7 +332,7 @@ def test_runner_runs_each_slice_in_its_own_thread_inside_the_context(two_fake_gp
     assert sorted(size for _, size, _, _ in model.calls) == [3, 4]
     assert all(grad and flag for _, _, grad, flag in model.calls)
     threads = {thread for thread, _, _, _ in model.calls}
-    assert len(threads) == 2 and threading.get_ident() not in threads
+    assert len(threads) == 2 and threading.current_thread() not in threads
     assert getattr(model.inside, 'flag', False) is False  # never entered in this thread
 
     whole = ((model.layer(x).squeeze(1) - y) ** 2).mean()
@@ -360,7 +360,7 @@ def test_runner_with_fewer_samples_than_devices_calls_the_module_itself(two_fake
     runner.run('training_step', (torch.randn(1, 3), torch.randn(1)), 0,
                context=flag_context(model))
     assert two_fake_gpus == []
-    assert model.calls == [(threading.get_ident(), 1, True, True)]
+    assert model.calls == [(threading.current_thread(), 1, True, True)]
 
 
 def test_an_error_in_a_replica_is_raised_in_the_caller(two_fake_gpus):

@@ -208,7 +208,7 @@ def test_configure_optimizers_returns_unsupported_type(quiet, make, parts):
     model = build(configure_optimizers=make)
     with pytest.raises(MisconfigurationException) as excinfo:
         Trainer(**quiet()).fit(model)
-    assert_message(excinfo, *parts, 'Return one optimizer, a list/tuple of optimizers, or a '
+    assert_message(excinfo, *parts, 'Return one optimizer, a list/tuple of optimizers, a '
                    'pair ([optimizers], [lr_schedulers])')
     assert training_calls(model) == []
 

@@ -83,9 +83,14 @@ def test_normalize_optimizers_forms():
     p = [nn.Parameter(torch.zeros(1))]
     a, b = torch.optim.SGD(p, lr=1), torch.optim.SGD(p, lr=1)
     sched = torch.optim.lr_scheduler.StepLR(a, 1)
-    assert normalize_optimizers(a) == ([a], [])
-    assert normalize_optimizers([a, b]) == ([a, b], [])
-    assert normalize_optimizers(([a], [sched])) == ([a], [sched])
+    def forms(result):
+        out = normalize_optimizers(result)
+        return out.optimizers, [c['scheduler'] for c in out.schedulers], out.frequencies
+
+    assert forms(a) == ([a], [], None)
+    assert forms([a, b]) == ([a, b], [], None)
+    assert forms(([a], [sched])) == ([a], [sched], None)
+    assert normalize_optimizers(([a], [sched])).schedulers[0]['interval'] == 'epoch'
     with pytest.raises(MisconfigurationException, match='configure_optimizers'):
         normalize_optimizers(None)
 
