@@ -46,7 +46,8 @@ class Trainer(CheckpointingMixin):
             if val data and nb_sanity_val_steps:              # sanity check, metrics discarded
                 on_sanity_check_start
                 on_pre_performance_check; eval mode, no_grad
-                validation_step x nb_sanity_val_steps; validation_end; train mode
+                validation_step x nb_sanity_val_steps (of each val loader); validation_end;
+                train mode
                 on_post_performance_check
             for epoch in range(max_nb_epochs):
                 on_epoch_start
@@ -70,7 +71,9 @@ class Trainer(CheckpointingMixin):
                     on_batch_end                              # progress bar, log rows, saves
                     if a validation point (val_check_interval, check_val_every_n_epoch):
                         on_pre_performance_check; eval mode, no_grad
-                        validation_step per batch; metrics = validation_end(outputs)
+                        validation_step per batch of each val loader (+ dataloader_i with
+                            several); metrics = validation_end(outputs: a list per loader
+                            with several loaders)
                         train mode; callbacks.on_validation_end(metrics)
                         on_post_performance_check
                     callbacks.on_save_point                   # checkpoints are written here
