@@ -21,8 +21,8 @@ MODULE_HOOK_ARGS = {
 
 STEP_ARGS = {
     'training_step': ('data_batch', 'batch_nb', 'optimizer_i'),
-    'validation_step': ('data_batch', 'batch_nb'),
-    'test_step': ('data_batch', 'batch_nb'),
+    'validation_step': ('data_batch', 'batch_nb', 'dataloader_i'),
+    'test_step': ('data_batch', 'batch_nb', 'dataloader_i'),
 }
 
 
@@ -61,26 +61,35 @@ def adapt_module_hook(module, name):
         + (f" or `def {name}({no_args})`." if expected and seed_style else "."))
 
 
-def step_arity(module, name, nb_optimizers=1):
+def step_arity(module, name, count=1, loader_name=None):
     """How many positional arguments to pass ``module.<name>``: 1 ``(batch)``, 2 ``(batch,
-    batch_nb)`` or 3 ``(batch, batch_nb, optimizer_i)``, whatever arity the user wrote;
-    ``None`` when the module has no such method. (A count, not a wrapper, so that the device
+    batch_nb)`` or 3 ``(batch, batch_nb, optimizer_i)`` for ``training_step``, ``(batch,
+    batch_nb, dataloader_i)`` for ``validation_step``/``test_step``, whatever arity the user
+    wrote; ``None`` when the module has no such method. ``count`` is the number of optimizers
+    (``training_step``) or of loaders (the others, read from ``loader_name``): with more than
+    one the third argument is required. With one, the shortest form the method takes is used
+    (a step that requires the third gets 0). (A count, not a wrapper, so that the device
     part can call the method on replicas of the module.)"""
     fn = getattr(module, name, None)
     if fn is None:
         return None
-    if name == 'training_step' and nb_optimizers > 1:
+    if count > 1:
         if accepts(fn, 3):
             return 3
+        third = STEP_ARGS[name][2]
+        if name == 'training_step':
+            raise MisconfigurationException(
+                f"configure_optimizers returned {count} optimizers, but training_step "
+                f"cannot take a third argument. Define `def training_step(self, data_batch, "
+                f"batch_nb, optimizer_i)` and return the loss for optimizer number optimizer_i.")
         raise MisconfigurationException(
-            f"configure_optimizers returned {nb_optimizers} optimizers, but training_step "
-            f"cannot take a third argument. Define `def training_step(self, data_batch, "
-            f"batch_nb, optimizer_i)` and return the loss for optimizer number optimizer_i.")
-    for count in (2, 1):
-        if accepts(fn, count):
-            return count
-    if name == 'training_step' and accepts(fn, 3):
-        return 3
+            f"{loader_name} returned {count} loaders, but {type(module).__name__}.{name} "
+            f"cannot take a third argument, the loader's index. Define `def {name}(self, "
+            f"data_batch, batch_nb, {third})` ({third} is 0 for the first loader), or return "
+            f"one loader from {loader_name}.")
+    for nb_args in (2, 1, 3):
+        if accepts(fn, nb_args):
+            return nb_args
     problem = ('takes no batch argument' if accepts(fn, 0) else
                'requires more arguments than the trainer passes')
     raise MisconfigurationException(

@@ -48,6 +48,31 @@ def get_loader(module, stage):
     return loader
 
 
+def get_loaders(module, stage):
+    """The module's loaders for ``stage`` (``'val'`` or ``'test'``) as a list: empty when the
+    module has no such loader, one item for a single loader, and one item per loader when it
+    returned a list (or tuple) of DataLoaders. A list of ONE DataLoader is a single loader.
+    Any other list is one iterable of batches, as before; a list holding DataLoaders and
+    something else is an error."""
+    loader = get_loader(module, stage)
+    if loader is None:
+        return []
+    if not isinstance(loader, (list, tuple)):
+        return [loader]
+    from torch.utils.data import DataLoader
+    kinds = [isinstance(item, DataLoader) for item in loader]
+    if loader and all(kinds):
+        return list(loader)
+    if any(kinds):
+        name = find_loader_attr(module, stage)
+        bad = kinds.index(False)
+        raise MisconfigurationException(
+            f"{name} returned a list of {len(loader)} items, some of them DataLoaders, but "
+            f"item {bad} is {type(loader[bad]).__name__}. Return a DataLoader, or a list "
+            f"holding only DataLoaders (one per {stage} set).")
+    return [loader]
+
+
 def loader_length(loader):
     """``len(loader)`` or ``None`` when the loader has no length (iterable datasets)."""
     try:

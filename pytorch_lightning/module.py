@@ -10,6 +10,7 @@ from torch import nn
 
 from . import optim as _optim
 from .exceptions import MisconfigurationException
+from .utilities import StepOutputs
 
 #: Hooks a module may override, with the arguments the trainer passes (classic form).
 #: Seed-style overrides that take no arguments are accepted for every hook.
@@ -24,6 +25,23 @@ def _is_scalar(value):
     if isinstance(value, torch.Tensor):
         return value.numel() == 1
     return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _metrics_of_outputs(outputs, loss_key, end_name):
+    """What the default ``validation_end``/``test_end`` return. With one loader ``outputs`` is
+    the flat list of step outputs: ``_mean_of_outputs``. With several it is a list of
+    ``StepOutputs``, one per loader (how the trainer passes them): each loader's means get the
+    suffix ``/<loader index>`` (``val_loss/0``, ``val_loss/1``), and loader 0's means are
+    also returned without suffix, so ``val_loss`` is loader 0's."""
+    if not outputs or not all(isinstance(out, StepOutputs) for out in outputs):
+        return _mean_of_outputs(outputs, loss_key, end_name)
+    metrics = {}
+    for i, loader_outputs in enumerate(outputs):
+        means = _mean_of_outputs(loader_outputs, loss_key, end_name)
+        if i == 0:
+            metrics.update(means)
+        metrics.update((f'{key}/{i}', value) for key, value in means.items())
+    return metrics
 
 
 def _mean_of_outputs(outputs, loss_key, end_name):
@@ -90,13 +108,20 @@ class RootModule(nn.Module):
         by the number of samples in its batch (``outputs.batch_sizes``), so a small last
         batch counts for its size only. A step that returned a bare scalar tensor counts as
         ``{'val_loss': tensor}``.
+
+        With several val loaders ``outputs`` holds one such list per loader (each a
+        ``StepOutputs``, in loader order). The default then returns each loader's means with
+        the loader's index as a suffix (``val_loss/0``, ``val_loss/1``, ...) and loader 0's
+        means without suffix too, so ``val_loss`` (what the default checkpoint and early
+        stopping monitor) is loader 0's.
         """
-        return _mean_of_outputs(outputs, 'val_loss', 'validation_end')
+        return _metrics_of_outputs(outputs, 'val_loss', 'validation_end')
 
     def test_end(self, outputs):
-        """Collate the outputs of every ``test_step``; return a dict of metrics. Default: as
-        ``validation_end``, with a bare scalar counting as ``{'test_loss': tensor}``."""
-        return _mean_of_outputs(outputs, 'test_loss', 'test_end')
+        """Collate the outputs of every ``test_step`` (one list per loader with several test
+        loaders); return a dict of metrics. Default: as ``validation_end`` (suffixes included),
+        with a bare scalar counting as ``{'test_loss': tensor}``."""
+        return _metrics_of_outputs(outputs, 'test_loss', 'test_end')
 
     # ------------------------------------------------------------------ saving / loading
     def get_save_dict(self):

@@ -18,7 +18,7 @@ from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
-from .data import find_loader_attr, get_loader, limited_batches, make_resumable
+from .data import find_loader_attr, get_loader, get_loaders, limited_batches, make_resumable
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
@@ -46,7 +46,8 @@ class Trainer(CheckpointingMixin):
             if val data and nb_sanity_val_steps:              # sanity check, metrics discarded
                 on_sanity_check_start
                 on_pre_performance_check; eval mode, no_grad
-                validation_step x nb_sanity_val_steps; validation_end; train mode
+                validation_step x nb_sanity_val_steps (of each val loader); validation_end;
+                train mode
                 on_post_performance_check
             for epoch in range(max_nb_epochs):
                 on_epoch_start
@@ -70,7 +71,9 @@ class Trainer(CheckpointingMixin):
                     on_batch_end                              # progress bar, log rows, saves
                     if a validation point (val_check_interval, check_val_every_n_epoch):
                         on_pre_performance_check; eval mode, no_grad
-                        validation_step per batch; metrics = validation_end(outputs)
+                        validation_step per batch of each val loader (+ dataloader_i with
+                            several); metrics = validation_end(outputs: a list per loader
+                            with several loaders)
                         train mode; callbacks.on_validation_end(metrics)
                         on_post_performance_check
                     callbacks.on_save_point                   # checkpoints are written here
@@ -338,14 +341,14 @@ class Trainer(CheckpointingMixin):
                 f"{find_loader_attr(model, 'train')} returned an empty loader (len 0). Check the "
                 f"dataset size and batch_size (with drop_last=True a dataset smaller than one "
                 f"batch is empty).")
-        self._val_loader = get_loader(model, 'val')
-        self._val_step = step_arity(model, 'validation_step')
-        self.nb_val_batches = 0
-        if self._val_loader is not None:
-            self.nb_val_batches = self._batch_limit(self._val_loader, self.val_percent_check,
-                                                    'val_percent_check')
+        self._val_loaders = get_loaders(model, 'val')  # [] without validation
+        self._val_step = step_arity(model, 'validation_step', len(self._val_loaders),
+                                    'val_dataloader')
+        self._val_limits = [self._batch_limit(loader, self.val_percent_check, 'val_percent_check')
+                            for loader in self._val_loaders]
+        self.nb_val_batches = _total(self._val_limits)
         self._val_every = self._validation_interval()
-        if self._val_loader is None and any(
+        if not self._val_loaders and any(
                 isinstance(c['scheduler'], torch.optim.lr_scheduler.ReduceLROnPlateau)
                 and c['interval'] == 'epoch' for c in self._scheduler_configs):
             raise MisconfigurationException(
@@ -358,7 +361,7 @@ class Trainer(CheckpointingMixin):
 
     def _validation_interval(self):
         """Training batches between validation points (``None``: at epoch end only)."""
-        if self._val_loader is None or self.nb_val_batches == 0:
+        if not self._val_loaders or self.nb_val_batches == 0:
             return 0
         nb, vci = self.nb_training_batches, self.val_check_interval
         if isinstance(vci, int) and not isinstance(vci, bool):
@@ -477,14 +480,13 @@ class Trainer(CheckpointingMixin):
 
     # ------------------------------------------------------------------ loop
     def _sanity_check(self):
-        if self._val_loader is None or self.nb_sanity_val_steps == 0 or self.nb_val_batches == 0:
+        steps = self.nb_sanity_val_steps
+        if not self._val_loaders or steps == 0 or self.nb_val_batches == 0:
             return
         self.state.stage = 'sanity_check'
         self._hooks.call('on_sanity_check_start')
-        limit = self.nb_sanity_val_steps
-        if self.nb_val_batches is not None:
-            limit = min(limit, self.nb_val_batches)
-        self._evaluate('validation', self._val_loader, limit, self._val_step)
+        limits = [steps if limit is None else min(steps, limit) for limit in self._val_limits]
+        self._evaluate('validation', self._val_loaders, limits, self._val_step)
 
     def _train(self):
         state = self.state
@@ -500,7 +502,7 @@ class Trainer(CheckpointingMixin):
             self._epoch_done = False
             self._run_epoch(epoch, resume)
             resume = None
-            validated = self._val_loader is not None and (epoch + 1) % self.check_val_every_n_epoch == 0
+            validated = bool(self._val_loaders) and (epoch + 1) % self.check_val_every_n_epoch == 0
             for config in self._scheduler_configs:
                 if config['interval'] == 'epoch' and (epoch + 1) % config['frequency'] == 0:
                     self._step_scheduler(config, validated)
@@ -793,42 +795,26 @@ class Trainer(CheckpointingMixin):
     def _validate(self):
         stage = self.state.stage
         self.state.stage = 'validate'
-        self._evaluate('validation', self._val_loader, self.nb_val_batches, self._val_step)
+        self._evaluate('validation', self._val_loaders, self._val_limits, self._val_step)
         self.state.stage = stage
 
-    def _evaluate(self, kind, loader, limit, arity):
-        """One pass over ``loader`` with ``{kind}_step`` (taking ``arity`` arguments);
-        returns ``{kind}_end``'s metrics dict."""
+    def _evaluate(self, kind, loaders, limits, arity):
+        """One pass over each of ``loaders`` (``limits[i]`` batches of loader i, ``None``: all)
+        with ``{kind}_step`` (taking ``arity`` arguments: ``batch[, batch_idx[,
+        dataloader_i]]``); returns ``{kind}_end``'s metrics dict. ``{kind}_end`` gets the flat
+        list of step outputs with one loader, one such list per loader with several."""
         hooks, module, state = self._hooks, self.module, self.state
         sanity = state.stage == 'sanity_check'
         testing = kind == 'test'
         if not testing:
             hooks.call('on_pre_performance_check')
-        device = self.device
-        transfer, autocast = device.transfers_batches, self.precision.autocast
-        step_name = 'test_step' if testing else 'validation_step'
-        batch_end = hooks.hooks['on_validation_batch_end'] if not testing else ()
-        loss_key = 'test_loss' if testing else 'val_loss'
         was_training = module.training
         module.eval()
-        outputs = StepOutputs()  # batch sizes let the default *_end weight each batch's mean
         with torch.no_grad():
-            batches = loader if limit is None else itertools.islice(loader, limit)
-            for batch_idx, batch in enumerate(batches):
-                if transfer:
-                    batch = device.to_device(module, batch)
-                out = device.run_step(module, step_name, batch, (batch_idx,)[:arity - 1],
-                                      autocast)
-                if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
-                    loss, out = out[0], dict(out[1])
-                    out.setdefault(loss_key, loss)
-                outputs.append(out)
-                size = batch_size_of(batch)
-                outputs.batch_sizes.append(1 if size is None else size)
-                for fn in batch_end:
-                    fn()
+            per_loader = [self._evaluate_loader(testing, loader, limit, arity, loader_i)
+                          for loader_i, (loader, limit) in enumerate(zip(loaders, limits))]
             end_name = f'{kind}_end'
-            metrics = getattr(module, end_name)(outputs)
+            metrics = getattr(module, end_name)(per_loader if len(loaders) > 1 else per_loader[0])
         module.train(was_training)
         checks.check_eval_end_output(end_name, metrics)
         if testing:
@@ -840,6 +826,31 @@ class Trainer(CheckpointingMixin):
                 hooks.call('on_validation_end', metrics)
             hooks.call('on_post_performance_check')
         return metrics
+
+    def _evaluate_loader(self, testing, loader, limit, arity, loader_i):
+        """The step outputs of ``limit`` batches of ``loader`` (number ``loader_i``), with their
+        batch sizes, which let the default ``*_end`` weight each batch's mean."""
+        device, module = self.device, self.module
+        transfer, autocast = device.transfers_batches, self.precision.autocast
+        step_name = 'test_step' if testing else 'validation_step'
+        batch_end = self._hooks.hooks['on_validation_batch_end'] if not testing else ()
+        loss_key = 'test_loss' if testing else 'val_loss'
+        outputs = StepOutputs()
+        batches = loader if limit is None else itertools.islice(loader, limit)
+        for batch_idx, batch in enumerate(batches):
+            if transfer:
+                batch = device.to_device(module, batch)
+            out = device.run_step(module, step_name, batch, (batch_idx, loader_i)[:arity - 1],
+                                  autocast)
+            if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+                loss, out = out[0], dict(out[1])
+                out.setdefault(loss_key, loss)
+            outputs.append(out)
+            size = batch_size_of(batch)
+            outputs.batch_sizes.append(1 if size is None else size)
+            for fn in batch_end:
+                fn()
+        return outputs
 
     def test(self, model=None, ckpt_path=None):
         """Run ``test_step`` over ``test_dataloader`` (test_percent_check of it) and return
@@ -858,19 +869,25 @@ class Trainer(CheckpointingMixin):
             self._load_weights_for_test(model, ckpt_path)
         if model is not self.module or self._hooks is None:
             self._attach(model)
-        loader = get_loader(model, 'test')
-        self.nb_test_batches = self._batch_limit(loader, self.test_percent_check,
-                                                 'test_percent_check')
+        loaders = get_loaders(model, 'test')
+        arity = step_arity(model, 'test_step', len(loaders), 'test_dataloader')
+        limits = [self._batch_limit(loader, self.test_percent_check, 'test_percent_check')
+                  for loader in loaders]
+        self.nb_test_batches = _total(limits)
         stage = self.state.stage
         self.state.stage = 'test'
         try:
-            metrics = self._evaluate('test', loader, self.nb_test_batches,
-                                     step_arity(model, 'test_step'))
+            metrics = self._evaluate('test', loaders, limits, arity)
         finally:
             self.state.stage = stage
             if self.logger is not None:
                 self.logger.finalize()
         return metrics
+
+
+def _total(limits):
+    """The batches of several loaders together: ``None`` (unknown) if any loader's is."""
+    return None if None in limits else sum(limits)
 
 
 class _TrainingClosure:

@@ -3,7 +3,7 @@
 mid-epoch validation). Run by tests/test_resume.py in a subprocess, which it may SIGKILL.
 
 usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save|usr1] [--resume PATH]
-                        [--num-workers N] [--persistent-workers]
+                        [--num-workers N] [--persistent-workers] [--val-loaders N]
 """
 import argparse
 import os
@@ -40,7 +40,7 @@ class Noisy(RootModule):
         loss = nn.functional.cross_entropy(self.net(x), y)
         return {'loss': loss, 'prog': {'batch_loss': loss}}
 
-    def validation_step(self, data_batch, batch_nb):
+    def validation_step(self, data_batch, batch_nb, dataloader_i=0):
         x, y = data_batch
         return nn.functional.cross_entropy(self.net(x), y), {}
 
@@ -57,7 +57,15 @@ class Noisy(RootModule):
 
     @property
     def val_dataloader(self):
-        return DataLoader(TensorDataset(self.x[:24], self.y[:24]), batch_size=8)
+        first = DataLoader(TensorDataset(self.x[:24], self.y[:24]), batch_size=8)
+        if self.hparams.val_loaders == 1:
+            return first
+        # more loaders: other slices of the data, the second one shuffled (it draws from the
+        # global RNG at each validation run, which a resume must replay exactly)
+        return [first] + [DataLoader(TensorDataset(self.x[8 * i:8 * i + 40],
+                                                   self.y[8 * i:8 * i + 40]),
+                                     batch_size=8, shuffle=True)
+                          for i in range(1, self.hparams.val_loaders)]
 
 
 class KillDuringSave(ModelCheckpoint):
@@ -82,6 +90,7 @@ def main():
     parser.add_argument('--resume', default=None)
     parser.add_argument('--num-workers', dest='num_workers', type=int, default=0)
     parser.add_argument('--persistent-workers', dest='persistent_workers', action='store_true')
+    parser.add_argument('--val-loaders', dest='val_loaders', type=int, default=1)
     parser.add_argument('--amp', default=None, help="amp_dtype on the CPU: 'bfloat16' or 'float16'")
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
