@@ -6,6 +6,19 @@ from ..utilities import numbers_only
 from .base import Callback
 
 
+def lr_names(optimizers):
+    """``{(optimizer_i, group_j): column}`` for the learning rates a training row carries:
+    ``lr-<OptimizerClass>``, with ``-<i>`` when several optimizers share the class and
+    ``/pg<j>`` for each parameter group after the first."""
+    classes = [type(opt).__name__ for opt in optimizers]
+    names = {}
+    for i, (opt, cls) in enumerate(zip(optimizers, classes)):
+        base = f'lr-{cls}' + (f'-{i}' if classes.count(cls) > 1 else '')
+        for j in range(len(opt.param_groups)):
+            names[(i, j)] = base if j == 0 else f'{base}/pg{j}'
+    return names
+
+
 class MetricsLogging(Callback):
     """A metrics row every ``row_interval`` training batches, after each validation and after
     ``test()``; ``logger.save()`` every ``save_interval`` batches; ``logger.finalize()`` when
@@ -22,11 +35,13 @@ class MetricsLogging(Callback):
         self._until_row = self.row_interval
         self._until_save = self.save_interval
         self._grad_norms = {}
+        self._lr_names = {}
         if grad_norm_type <= 0:
             self.skip_hooks = frozenset({'on_before_optimizer_step'})
 
     def on_fit_start(self, trainer, module):
         self.logger.log_hyperparams(getattr(module, 'hparams', None))
+        self._lr_names = lr_names(trainer.optimizers)
 
     def _log(self, trainer, row):
         state = trainer.state
@@ -44,6 +59,8 @@ class MetricsLogging(Callback):
             self._until_row = self.row_interval
             # one read from the device: the log dict, the loss and the NaN flag together
             row = trainer.read_numbers({**trainer.last_log, 'loss': trainer.last_loss})
+            for (opt_i, group_j), name in self._lr_names.items():
+                row[name] = trainer.optimizers[opt_i].param_groups[group_j]['lr']
             on_tng_metrics = getattr(module, 'on_tng_metrics', None)
             if on_tng_metrics is not None:
                 on_tng_metrics(row)  # the classic hook: may change the row in place
