@@ -207,6 +207,25 @@ class RootModule(nn.Module):
     def on_epoch_end(self):
         """At the end of every training epoch (after its last validation point)."""
 
+    def tbptt_split_batch(self, batch, split_size):
+        """With ``Trainer(truncated_bptt_steps=k)``: the splits of ``batch`` along time
+        (dim 1), ``split_size`` steps each. Default: every tensor, in a tensor batch or a
+        list/tuple of tensors, is sliced ``[:, t:t + k]``; other items go whole into every
+        split. Override for another layout."""
+        tensors = [x for x in (batch if isinstance(batch, (list, tuple)) else [batch])
+                   if isinstance(x, torch.Tensor)]
+        if not tensors:
+            raise MisconfigurationException(
+                "tbptt_split_batch: the batch holds no tensor to split along time (dim 1). "
+                "Override tbptt_split_batch(batch, split_size) for this batch type.")
+        length = tensors[0].shape[1]
+
+        def cut(x, t):
+            return x[:, t:t + split_size] if isinstance(x, torch.Tensor) else x
+        if isinstance(batch, torch.Tensor):
+            return [cut(batch, t) for t in range(0, length, split_size)]
+        return [type(batch)(cut(x, t) for x in batch) for t in range(0, length, split_size)]
+
     def on_tng_metrics(self, metrics):
         """Before each training log row is written: ``metrics`` is the row (a dict of
         numbers); change it in place to change what is logged (classic hook)."""

@@ -107,7 +107,8 @@ class Trainer(CheckpointingMixin):
                  log_save_interval=100, add_log_row_interval=10, print_weights_summary=True,
                  callbacks=None, checkpoint_callback=None, early_stop_callback=None,
                  resume_from_checkpoint=None, gpus=None, distributed_backend=None,
-                 use_amp=False, amp_dtype=None, amp_level=None, logger=None):
+                 use_amp=False, amp_dtype=None, amp_level=None, logger=None,
+                 truncated_bptt_steps=None):
         checks.check_trainer_args(dict(locals()))
         self.default_save_path = os.fspath(default_save_path or os.getcwd())
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
@@ -137,6 +138,8 @@ class Trainer(CheckpointingMixin):
         self.print_weights_summary = print_weights_summary
         self.user_callbacks = list(callbacks or [])
         self.resume_from_checkpoint = resume_from_checkpoint
+        self.truncated_bptt_steps = truncated_bptt_steps
+        self._hiddens = None
 
         self._experiment_arg = experiment if logger is None else logger
         self._fits = 0
@@ -333,6 +336,8 @@ class Trainer(CheckpointingMixin):
         checks.check_closure_optimizers(self.optimizers, self.accumulate_grad_batches,
                                         self.precision, self._hooks, model)
         self._train_step_arity = step_arity(model, 'training_step', len(self.optimizers))
+        checks.check_tbptt(self.truncated_bptt_steps, self.accumulate_grad_batches, model,
+                           len(self.optimizers))
         self._train_loader, self._resumable_sampler = make_resumable(get_loader(model, 'train'))
         self.nb_training_batches = self._batch_limit(self._train_loader, self.train_percent_check,
                                                      'train_percent_check')
@@ -589,9 +594,21 @@ class Trainer(CheckpointingMixin):
         hooks.call('on_epoch_end')
 
     def _training_batch(self, batch, batch_idx):
-        """One training batch: for each optimizer, a closure that runs ``training_step`` and
-        backward, handed to the optimizer step when the accumulation window completes (so
-        closure optimizers such as LBFGS work like SGD), else run once."""
+        """One training batch. With ``truncated_bptt_steps`` the batch is split along time
+        (``tbptt_split_batch``) and each split is trained in turn (one backward and one
+        optimizer step each), with the ``hiddens`` the previous split returned, detached."""
+        if not self.truncated_bptt_steps:
+            self._train_on(batch, batch_idx)
+            return
+        self._hiddens = None
+        for split in self.module.tbptt_split_batch(batch, self.truncated_bptt_steps):
+            self._train_on(split, batch_idx)
+            self._hiddens = _detached(self._hiddens)
+
+    def _train_on(self, batch, batch_idx):
+        """For each optimizer, a closure that runs ``training_step`` and backward, handed to
+        the optimizer step when the accumulation window completes (so closure optimizers such
+        as LBFGS work like SGD), else run once."""
         state = self.state
         if state.accumulation_position == 0:
             acc, nb = self._epoch_accumulation, self.nb_training_batches
@@ -647,6 +664,9 @@ class Trainer(CheckpointingMixin):
         the device part), the loss check, backward; when the window completes, unscaling,
         gradient checks and clipping. Returns ``(loss, prog, log)``."""
         args = (batch_idx, opt_i)[:self._train_step_arity - 1]
+        if self.truncated_bptt_steps:
+            args = ((batch_idx, opt_i) if len(self.optimizers) > 1 else (batch_idx,)) + (
+                self._hiddens,)
         frozen = self._freeze_other_params(opt_i) if len(self.optimizers) > 1 else ()
         try:
             out = self.device.run_step(self.module, 'training_step', batch, args,
@@ -759,6 +779,8 @@ class Trainer(CheckpointingMixin):
             loss, prog = out
             return loss, prog, prog
         if isinstance(out, dict):
+            if self.truncated_bptt_steps:
+                self._hiddens = out.get('hiddens')
             return out['loss'], out.get('prog', _EMPTY), out.get('log', _EMPTY)
         checks.unsupported_output(out)
 
@@ -888,6 +910,15 @@ class Trainer(CheckpointingMixin):
 def _total(limits):
     """The batches of several loaders together: ``None`` (unknown) if any loader's is."""
     return None if None in limits else sum(limits)
+
+
+def _detached(hiddens):
+    """``hiddens`` (a tensor, or tuples/lists of them) cut from the graph of the last split."""
+    if isinstance(hiddens, torch.Tensor):
+        return hiddens.detach()
+    if isinstance(hiddens, (tuple, list)):
+        return type(hiddens)(_detached(h) for h in hiddens)
+    return hiddens
 
 
 class _TrainingClosure:

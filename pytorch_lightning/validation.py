@@ -263,3 +263,25 @@ def check_optimizer_frequencies(frequencies, accumulate_grad_batches):
               f"turns by training batch) and Trainer(accumulate_grad_batches="
               f"{accumulate_grad_batches!r}) accumulates over batches; the two cannot be "
               f"combined. Use accumulate_grad_batches=1, or drop 'frequency'.")
+
+
+def check_tbptt(steps, accumulate_grad_batches, module, nb_optimizers):
+    """``truncated_bptt_steps``: a positive int, no accumulation, and a ``training_step`` that
+    takes ``hiddens``."""
+    if steps is None:
+        return
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        _fail(f"Trainer(truncated_bptt_steps={steps!r}): expected None or an int >= 1 (time "
+              f"steps per split).")
+    if accumulate_grad_batches != 1:
+        _fail(f"Trainer(truncated_bptt_steps={steps}, accumulate_grad_batches="
+              f"{accumulate_grad_batches!r}): each split is one optimizer step, so gradients "
+              f"cannot also be accumulated over batches. Use accumulate_grad_batches=1.")
+    from .utilities import accepts
+    wanted = 4 if nb_optimizers > 1 else 3
+    if not accepts(module.training_step, wanted):
+        middle = 'batch_nb, optimizer_i, ' if nb_optimizers > 1 else 'batch_nb, '
+        _fail(f"Trainer(truncated_bptt_steps={steps}) passes the hidden state to training_step, "
+              f"but {type(module).__name__}.training_step cannot take it. Define `def "
+              f"training_step(self, data_batch, {middle}hiddens)` and return "
+              f"{{'loss': ..., 'hiddens': ...}}.")
