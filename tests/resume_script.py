@@ -46,6 +46,11 @@ class Noisy(RootModule):
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=0.02)
+        if self.hparams.step_scheduler:  # a OneCycle-style schedule, stepped every optimizer step
+            return {'optimizer': opt, 'lr_scheduler': {
+                'scheduler': torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05,
+                                                                 total_steps=20),
+                'interval': 'step'}}
         return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)]
 
     @property
@@ -92,6 +97,7 @@ def main():
     parser.add_argument('--persistent-workers', dest='persistent_workers', action='store_true')
     parser.add_argument('--val-loaders', dest='val_loaders', type=int, default=1)
     parser.add_argument('--amp', default=None, help="amp_dtype on the CPU: 'bfloat16' or 'float16'")
+    parser.add_argument('--step-scheduler', dest='step_scheduler', action='store_true')
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(1), np.random.seed(1), random.seed(1)

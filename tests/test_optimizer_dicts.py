@@ -118,3 +118,16 @@ def test_malformed_dicts_name_the_key(quiet, result, text):
 def test_frequencies_with_accumulation_are_refused(quiet):
     with pytest.raises(MisconfigurationException, match='frequencies.*accumulate_grad_batches'):
         Trainer(**quiet(accumulate_grad_batches=2)).fit(GAN())
+
+
+def test_step_scheduler_sigkill_then_resume_is_bit_exact(tmp_path_factory, tmp_path):
+    import signal
+    from test_resume import assert_same_run, rows
+    from test_resume_workers import run
+    full = tmp_path_factory.mktemp('full_step_sched')
+    run(full, full / 'out.pt', '--step-scheduler')
+    reference = torch.load(full / 'out.pt'), rows(full / 'lightning_logs' / 'version_0')
+    out = tmp_path / 'out.pt'
+    run(tmp_path, out, '--step-scheduler', '--kill-at', 19, expect=-signal.SIGKILL)
+    run(tmp_path, out, '--step-scheduler', '--resume', tmp_path / 'ckpt' / 'last.ckpt')
+    assert_same_run(torch.load(out), reference, tmp_path / 'lightning_logs' / 'version_0')
