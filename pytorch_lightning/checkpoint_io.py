@@ -331,6 +331,9 @@ def dump(trainer, position, durable_logs=False):
                  for group in trainer.param_groups]
     callbacks = trainer.checkpointed_callbacks
     typed = typed_hparams(getattr(module, 'hparams', None))
+    hook = getattr(module, 'on_save_checkpoint', None)  # classic: add to the checkpoint
+    if hook is not None:
+        hook(checkpoint)
     checkpoint[KEY] = plain_types({
         'library_version': __version__,
         'model_class': class_name(type(module)),
@@ -356,6 +359,9 @@ def restore(trainer, checkpoint, path):
     trainer state; returns the saved ``position``."""
     meta = checkpoint[KEY]
     load_into_model(trainer.module, checkpoint, path)
+    hook = getattr(trainer.module, 'on_load_checkpoint', None)  # classic: read what it added
+    if hook is not None:
+        hook(checkpoint)
     for kind, parts, saved in (('optimizers', trainer.optimizers, meta['optimizers']),
                                ('lr_schedulers', trainer.lr_schedulers, meta['lr_schedulers'])):
         if len(parts) != len(saved):

@@ -781,7 +781,8 @@ class Trainer(CheckpointingMixin):
         if isinstance(out, dict):
             if self.truncated_bptt_steps:
                 self._hiddens = out.get('hiddens')
-            return out['loss'], out.get('prog', _EMPTY), out.get('log', _EMPTY)
+            prog = out.get('prog', out.get('progress_bar', _EMPTY))  # 0.5.x: 'progress_bar'
+            return out['loss'], prog, out.get('log', _EMPTY)
         checks.unsupported_output(out)
 
 
@@ -839,6 +840,9 @@ class Trainer(CheckpointingMixin):
             metrics = getattr(module, end_name)(per_loader if len(loaders) > 1 else per_loader[0])
         module.train(was_training)
         checks.check_eval_end_output(end_name, metrics)
+        for key in ('progress_bar', 'log'):  # 0.5.x nested dicts: their metrics count too
+            if isinstance(metrics.get(key), dict):
+                metrics = {**{k: v for k, v in metrics.items() if k != key}, **metrics[key]}
         if testing:
             self._test_metrics = metrics
             hooks.call('on_test_end', metrics)
@@ -903,7 +907,7 @@ class Trainer(CheckpointingMixin):
         finally:
             self.state.stage = stage
             if self.logger is not None:
-                self.logger.finalize()
+                self.logger.finalize(None)  # the fit's status stays as recorded
         return metrics
 
 

@@ -51,6 +51,13 @@ def check_trainer_args(args):
               f"default_save_path/lightning_logs), False (no logging), or a "
               f"test_tube.Experiment.")
     logger = args.get('logger')
+    if isinstance(logger, bool):
+        _fail(f"Trainer(logger={logger}): logger= takes a logger object "
+              f"(a pytorch_lightning.loggers.LightningLoggerBase). To turn logging off pass "
+              f"experiment=False; for the default test-tube logs pass nothing.")
+    steps = args.get('truncated_bptt_steps')
+    if steps is not None:
+        _int('truncated_bptt_steps', steps, 1, ' Or None for whole batches.')
     if logger is not None:
         if exp is not None:
             _fail(f"Trainer(logger={logger!r}, experiment={exp!r}): pass one of them. logger= "
@@ -207,7 +214,7 @@ def check_training_output(out):
         if 'loss' not in out:
             _fail(f"training_step returned a dict without 'loss' (keys: {sorted(out)}). "
                   f"Return one of:\n{TRAINING_FORMS}")
-        for key in ('prog', 'log'):
+        for key in ('prog', 'progress_bar', 'log'):
             if key in out and not isinstance(out[key], dict):
                 _fail(f"training_step returned {{'{key}': {type(out[key]).__name__}}}; "
                       f"'{key}' must be a dict of metric name -> value.")

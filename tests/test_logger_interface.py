@@ -129,3 +129,11 @@ def test_a_logger_that_has_logged_pickles_and_reopens_its_version(tmp_path):
     copy.finalize()
     assert [float(r['loss']) for r in read_rows(tmp_path / 'p' / f'version_{logger.version}')] \
         == [1.0, 2.0]
+
+
+def test_test_with_a_custom_logger(tmp_path):
+    logger = Recording()
+    trainer = Trainer(**kwargs(tmp_path, logger=logger))
+    trainer.fit(TinyModel())
+    trainer.test()
+    assert logger.calls[-1] == ('finalize', None) and logger.calls[-2][0] == 'save'

@@ -423,3 +423,43 @@ def test_load_from_metrics_on_gpu_without_cuda_is_a_clear_error(tmp_path):
     model = TinyModel.load_from_metrics(folder / 'checkpoints' / 'last.ckpt',
                                         folder / 'meta_tags.csv')
     assert next(model.parameters()).device.type == 'cpu'
+
+
+def test_classic_0_5_forms_run_unchanged(quiet, tmp_path):
+    """'progress_bar' in training_step's dict, nested 'log'/'progress_bar' dicts from
+    validation_end, on_save_checkpoint / on_load_checkpoint, and the LightningModule name."""
+    from pytorch_lightning import LightningModule
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    assert LightningModule is RootModule
+
+    class Classic(TinyModel):
+        loaded = None
+
+        def training_step(self, data_batch, batch_nb):
+            loss, _ = super().training_step(data_batch, batch_nb)
+            return {'loss': loss, 'progress_bar': {'shown': loss}}
+
+        def validation_end(self, outputs):
+            loss = torch.stack([o['val_loss'] for o in outputs]).mean()
+            return {'val_loss': loss, 'log': {'logged': loss}, 'progress_bar': {'bar': loss}}
+
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint['extra'] = 42
+
+        def on_load_checkpoint(self, checkpoint):
+            Classic.loaded = checkpoint['extra']
+
+    trainer = Trainer(**quiet(checkpoint_callback=ModelCheckpoint(tmp_path / 'c')))
+    trainer.fit(Classic())
+    assert 'shown' in trainer.last_prog
+    assert {'val_loss', 'logged', 'bar'} <= set(trainer.val_metrics)
+    Trainer(**quiet(max_nb_epochs=2, resume_from_checkpoint=tmp_path / 'c' / 'last.ckpt')).fit(
+        Classic())
+    assert Classic.loaded == 42
+
+
+def test_logger_true_or_false_says_to_use_experiment(quiet):
+    with pytest.raises(MisconfigurationException, match='experiment=False'):
+        Trainer(logger=False)
+    with pytest.raises(MisconfigurationException, match='truncated_bptt_steps=0'):
+        Trainer(truncated_bptt_steps=0)
