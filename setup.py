@@ -16,7 +16,8 @@ setup(
     python_requires='>=3.9',
     install_requires=['torch>=2.3', 'numpy', 'tqdm', 'test-tube>=0.7.5'],
     extras_require={
-        'test': ['pytest', 'scikit-learn'],
+        'test': ['pytest', 'scikit-learn', 'matplotlib'],
         'examples': ['scikit-learn'],
+        'plot': ['matplotlib'],  # pytorch_lightning.notebook.plot
     },
 )
