@@ -207,3 +207,15 @@ def test_load_best_falls_back_to_last_and_names_a_run_without_checkpoints(logs, 
     os.remove(folder / 'last.ckpt')
     with pytest.raises(MisconfigurationException, match='no \\*.ckpt file'):
         notebook.load_best(tmp_path / 'version_0', TinyModel)
+
+
+def test_runs_falls_back_to_meta_tags_and_to_no_status(logs, tmp_path):
+    """Logs without hparams.json (older runs) and without run_status.json."""
+    copy = tmp_path / 'lightning_logs' / 'version_3'
+    shutil.copytree(version_dir(logs, 1), copy)
+    os.remove(copy / 'hparams.json')
+    os.remove(copy / 'run_status.json')
+    row = notebook.runs(tmp_path).iloc[0]
+    assert row['version'] == 3
+    assert row['lr'] == 0.01 and row['batch_size'] == 8
+    assert row['status'] is None
