@@ -53,8 +53,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             for epoch in range(max_nb_epochs):
                 on_epoch_start
                 for batch_nb, batch in tng_dataloader (train_percent_check of it):
-                    if on_batch_start(batch) == -1: end the epoch
                     (on an accelerator: batch = transfer_batch_to_device(batch, device))
+                    if on_batch_start(batch) == -1: end the epoch
                     for optimizer_i, optimizer in optimizers:
                         closure():                            # run by the optimizer's step
                             loss = training_step(batch, batch_nb[, optimizer_i])  # autocast
@@ -614,6 +614,11 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
                 self._optimizer_step(optimizer, opt_i, closure)
             else:
                 closure()
+            if closure.result is None:  # an override given second_order_closure never ran it
+                raise MisconfigurationException(
+                    f"{type(self.module).__name__}.optimizer_step received "
+                    f"second_order_closure but did not call it, so training_step never ran. "
+                    f"Call optimizer.step(second_order_closure) in it.")
             loss, step_prog, step_log = closure.result
             prog.update(step_prog)
             log.update(step_log)

@@ -327,3 +327,13 @@ def test_trainer_through_the_data_parallel_device_on_fake_gpus(quiet, two_fake_g
     for a, b in zip(plain.parameters(), model.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
     assert trainer.test()['test_acc'] == Trainer(**quiet()).test(plain)['test_acc']
+
+
+def test_second_order_closure_never_called_is_a_clear_error(quiet):
+    class Skips(TinyModel):
+        def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i,
+                           second_order_closure=None):
+            pass
+
+    with pytest.raises(MisconfigurationException, match='did not call it'):
+        Trainer(**quiet(nb_sanity_val_steps=0)).fit(Skips())
