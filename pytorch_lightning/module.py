@@ -298,16 +298,19 @@ class RootModule(nn.Module):
         if norm_type <= 0:
             raise MisconfigurationException(
                 f"grad_norm: norm_type must be > 0, got {norm_type}. Use 2 for the L2 norm.")
-        norms, per_param = {}, []
+        names, per_param = [], []
         for name, param in self.named_parameters():
-            if param.grad is None:
-                continue
-            value = torch.linalg.vector_norm(param.grad.detach(), norm_type)
-            per_param.append(value)
-            norms[f'grad_{norm_type:g}_norm_{name}'] = round(value.item(), 4)
-        total = torch.linalg.vector_norm(torch.stack(per_param), norm_type).item() if per_param else 0.0
-        norms[f'grad_{norm_type:g}_norm_total'] = round(total, 4)
-        return norms
+            if param.grad is not None:
+                names.append(f'grad_{norm_type:g}_norm_{name}')
+                per_param.append(torch.linalg.vector_norm(param.grad.detach().float(), norm_type))
+        names.append(f'grad_{norm_type:g}_norm_total')
+        if not per_param:
+            return {names[-1]: 0.0}
+        per_param.append(torch.linalg.vector_norm(torch.stack(per_param), norm_type))
+        # one read from the device for all of them (gradients may sit on several devices only
+        # under model parallelism, which this library does not do)
+        values = torch.stack([v.to(per_param[0].device) for v in per_param]).tolist()
+        return {name: round(value, 4) for name, value in zip(names, values)}
 
 
 def data_loader(fn):

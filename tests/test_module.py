@@ -59,6 +59,19 @@ def test_grad_norm_matches_torch():
     assert norms['grad_2_norm_l1.weight'] == pytest.approx(model.l1.weight.grad.norm().item(), abs=1e-3)
 
 
+def test_grad_norm_reads_the_device_once(monkeypatch):
+    """All the norms come back in one transfer (a host sync per parameter on a GPU before)."""
+    model = NoSuper()
+    model.l1(torch.randn(8, 4)).pow(2).sum().backward()
+    reads = []
+    for name in ('item', 'tolist'):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _real=real, **k: reads.append(1) or _real(self, *a, **k))
+    norms = model.grad_norm(2)
+    assert len(reads) == 1 and len(norms) == 3  # weight, bias, total
+
+
 def test_summarize_lists_layers_and_counts(capsys):
     text = NoSuper().summarize()
     assert 'l1' in text and 'Linear' in text and '15' in text
