@@ -335,5 +335,6 @@ def test_second_order_closure_never_called_is_a_clear_error(quiet):
                            second_order_closure=None):
             pass
 
-    with pytest.raises(MisconfigurationException, match='did not call it'):
+    with pytest.raises(MisconfigurationException, match='did not call it'), \
+            pytest.warns(UserWarning, match='did not call optimizer.step'):
         Trainer(**quiet(nb_sanity_val_steps=0)).fit(Skips())
