@@ -7,7 +7,6 @@ decides *where the loop stands* (the position), *when* an HPC checkpoint is writ
 resumed epoch skips the batches already done."""
 import glob
 import itertools
-import json
 import os
 import re
 
@@ -111,14 +110,10 @@ class CheckpointingMixin:
         batches done (not the newest file). ``None`` otherwise (also for a new version)."""
         if self.logger is None or getattr(self.logger, '_version', None) is None:
             return None
+        run_status = getattr(self.logger, 'run_status', None)
+        if run_status is None or run_status() in (None, 'finished'):
+            return None  # no status: not a run this library wrote
         folder = self.default_checkpoint_dir()
-        status_file = os.path.join(os.path.dirname(folder), 'run_status.json')
-        try:
-            with open(status_file) as f:
-                if json.load(f).get('status') == 'finished':
-                    return None
-        except (OSError, ValueError):  # no status: not a run this library wrote
-            return None
         newest, most = None, -1
         for path in glob.glob(os.path.join(glob.escape(folder), '*.ckpt')):
             try:

@@ -6,18 +6,18 @@ line of ``metrics.csv`` is skipped). pandas and matplotlib are imported inside t
 that need them, so ``import pytorch_lightning`` stays cheap.
 """
 import csv
-import json
 import math
 import os
 import re
 
 from .exceptions import MisconfigurationException
 from .hparams import load_hparams_file, read_tags_csv
+from .loggers.test_tube import read_run_status
+from .utilities import parse_cell
 
 #: Bookkeeping columns of metrics.csv: not metrics, never summarised by ``runs``.
 INDEX_COLUMNS = ('epoch', 'step', 'global_step', 'created_at')
 #: The file the logger writes the run's status to, in the version folder.
-STATUS_FILE = 'run_status.json'
 #: ModelCheckpoint's best-file names end with ``step=<s>-<metric>=<value>.ckpt``.
 _CKPT_VALUE = re.compile(r'step=\d+-(?P<key>.+)=(?P<value>[^=]*)\.ckpt$')
 
@@ -31,14 +31,7 @@ def _mode(metric):
 
 def _cell(text):
     """A metrics.csv cell as the int, float or string it was written from; '' is None."""
-    if text == '':
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    return None if text == '' else parse_cell(text)
 
 
 def _read_rows(log_dir):
@@ -79,16 +72,6 @@ def _hparams(log_dir):
         return dict(record['values'])
     tags = os.path.join(os.fspath(log_dir), 'meta_tags.csv')
     return read_tags_csv(tags) if os.path.isfile(tags) else {}
-
-
-def _status(log_dir):
-    """'running', 'finished', 'failed' or 'interrupted' from ``run_status.json``; ``None``
-    when the logger has not written it (the logger replaces it atomically)."""
-    path = os.path.join(os.fspath(log_dir), STATUS_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f).get('status')
 
 
 def _checkpoints(log_dir):
@@ -175,7 +158,7 @@ def _frame(log_dir):
 def _summary(log_dir):
     """One row of ``runs()`` for ``log_dir`` (a dict)."""
     header, rows = _read_rows(log_dir)
-    row = {'status': _status(log_dir), 'epochs': None, 'steps': None}
+    row = {'status': read_run_status(log_dir), 'epochs': None, 'steps': None}
     by_name = {name: [r[i] for r in rows if isinstance(r[i], (int, float))]
                for i, name in enumerate(header)}
     if by_name.get('epoch'):

@@ -30,7 +30,7 @@ import weakref
 
 from ..exceptions import MisconfigurationException
 from ..hparams import hparams_to_dict, load_hparams_file, save_hparams_file
-from ..utilities import pid_alive
+from ..utilities import parse_cell, pid_alive
 from .base import LightningLoggerBase, rank_zero_only
 
 #: The writer thread hands rows to test-tube and saves at most this often...
@@ -69,25 +69,25 @@ def _process_start(pid):
         return None
 
 
-def _parse_cell(text):
-    """A metrics.csv cell back as the int, float or string it was written from."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def read_metrics_csv(path):
     """The rows of a ``metrics.csv`` as dicts, numbers as ints or floats as written (pandas,
     which test-tube reads with, turns an int column into floats). Empty cells are dropped."""
     try:
         with open(path, newline='') as f:
-            return [{k: _parse_cell(v) for k, v in row.items() if v != ''}
+            return [{k: parse_cell(v) for k, v in row.items() if v != ''}
                     for row in csv.DictReader(f)]
     except FileNotFoundError:
         return []
+
+
+def read_run_status(folder):
+    """The status the logger recorded in ``folder/run_status.json`` ('running', 'finished',
+    'failed' or 'interrupted'), or ``None`` when there is none (or it cannot be read)."""
+    try:
+        with open(os.path.join(os.fspath(folder), STATUS_FILE)) as f:
+            return json.load(f).get('status')
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def next_free_version(root):
@@ -566,6 +566,11 @@ class TestTubeLogger(LightningLoggerBase):
         with open(path + '.tmp', 'w') as f:
             json.dump(record, f)
         os.replace(path + '.tmp', path)
+
+    def run_status(self):
+        """What ``run_status.json`` in this version's folder records (see ``finalize``), or
+        ``None``: how the last run that wrote this version ended."""
+        return None if self._version is None else read_run_status(self.log_dir)
 
     def __getstate__(self):
         """A logger pickles closed: the writer thread, the locks, the experiment object and

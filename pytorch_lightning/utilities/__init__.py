@@ -50,6 +50,16 @@ def to_number(value):
     return value
 
 
+def parse_cell(text):
+    """A CSV cell (``metrics.csv``) back as the int, float or string it was written from."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def numbers_only(metrics):
     """``metrics`` with tensors turned into numbers, dropping values that are not scalars.
     The scalar tensors of each device are read in one transfer (one host sync, not one per
