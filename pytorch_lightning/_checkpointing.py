@@ -16,9 +16,9 @@ from .exceptions import MisconfigurationException
 from .utilities.slurm import PreemptionSignal, requeue, slurm_job_id
 
 
-class _Preempted(Exception):
-    """Internal: SIGUSR1 arrived; the HPC checkpoint is written and the job requeued."""
-
+class _Preempted(BaseException):
+    """Internal: SIGUSR1 arrived; the HPC checkpoint is written and the job requeued. Like
+    ``KeyboardInterrupt``, an interruption, not an error (``except Exception`` passes it)."""
 
 
 class CheckpointingMixin:

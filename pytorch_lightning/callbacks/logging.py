@@ -84,9 +84,9 @@ class MetricsLogging(Callback):
         self.logger.finalize('finished')
 
     def on_exception(self, trainer, module, error):
-        # every row logged before the error is saved; the status tells what happened
-        interrupted = not isinstance(error, Exception) or type(error).__name__ == '_Preempted'
-        self.logger.finalize('interrupted' if interrupted else 'failed')
+        # every row logged before the error is saved; Ctrl-C, SIGTERM and a SLURM preemption
+        # arrive as BaseExceptions that are not Exceptions: interruptions, not failures
+        self.logger.finalize('failed' if isinstance(error, Exception) else 'interrupted')
 
     def state_dict(self):
         return {'until_row': self._until_row, 'until_save': self._until_save}
