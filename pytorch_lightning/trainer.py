@@ -336,9 +336,12 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             self.state.optimizer_steps = [0] * len(self.optimizers)
         checks.check_closure_optimizers(self.optimizers, self.accumulate_grad_batches,
                                         self.precision, self._hooks, model)
-        self._train_step_arity = step_arity(model, 'training_step', len(self.optimizers))
         checks.check_tbptt(self.truncated_bptt_steps, self.accumulate_grad_batches, model,
                            len(self.optimizers))
+        if self.truncated_bptt_steps:  # (batch, batch_nb[, optimizer_i]) then hiddens
+            self._train_step_arity = 3 if len(self.optimizers) > 1 else 2
+        else:
+            self._train_step_arity = step_arity(model, 'training_step', len(self.optimizers))
         self._train_loader, self._resumable_sampler = make_resumable(get_loader(model, 'train'))
         self.nb_training_batches = self._batch_limit(self._train_loader, self.train_percent_check,
                                                      'train_percent_check')
@@ -575,11 +578,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
                 self.precision.unscale(optimizer)
                 self._before_optimizer_step(optimizer, opt_i)
                 self._optimizer_step(optimizer, opt_i, None)
-            self.precision.update()
             self._stepped = tuple(enumerate(self.optimizers))
-            self._step_schedulers_per_step()
-            state.accumulation_position = 0
-            state.global_step += 1
+            self._close_window()
         self.check_finite_losses()
         if val_every is None and val_epoch:
             self._validate()
@@ -624,12 +624,17 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             log.update(step_log)
         self.last_loss, self.last_prog, self.last_log = loss, prog, log
         if completes:
-            self.precision.update()
-            self._step_schedulers_per_step()
-            state.accumulation_position = 0
-            state.global_step += 1
+            self._close_window()
         else:
             state.accumulation_position += 1
+
+    def _close_window(self):
+        """After the optimizers of a complete accumulation window stepped: the scaler's
+        update, the step-wise schedulers, the counters."""
+        self.precision.update()
+        self._step_schedulers_per_step()
+        self.state.accumulation_position = 0
+        self.state.global_step += 1
 
     def _due_optimizers(self):
         """``(optimizer_i, optimizer)`` of every optimizer, or with frequencies only the one
@@ -647,13 +652,13 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
     def _step_schedulers_per_step(self):
         """After the optimizers of a batch stepped: count each optimizer's steps and step its
         'step'-interval schedulers every ``frequency`` of them."""
-        steps = self.state.optimizer_steps
-        for opt_i, _ in self._stepped:
+        steps, stepped = self.state.optimizer_steps, [opt_i for opt_i, _ in self._stepped]
+        for opt_i in stepped:
             steps[opt_i] += 1
         for config in self._scheduler_configs:
-            if (config['interval'] == 'step' and any(i == config['optimizer_i']
-                                                       for i, _ in self._stepped)
-                    and steps[config['optimizer_i']] % config['frequency'] == 0):
+            opt_i = config['optimizer_i']
+            if (config['interval'] == 'step' and opt_i in stepped
+                    and steps[opt_i] % config['frequency'] == 0):
                 self._step_scheduler(config)
 
     def _run_training_step(self, batch, batch_idx, opt_i, completes, optimizer):
@@ -662,8 +667,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         gradient checks and clipping. Returns ``(loss, prog, log)``."""
         args = (batch_idx, opt_i)[:self._train_step_arity - 1]
         if self.truncated_bptt_steps:
-            args = ((batch_idx, opt_i) if len(self.optimizers) > 1 else (batch_idx,)) + (
-                self._hiddens,)
+            args += (self._hiddens,)
         frozen = self._freeze_other_params(opt_i) if len(self.optimizers) > 1 else ()
         try:
             out = self.device.run_step(self.module, 'training_step', batch, args,
