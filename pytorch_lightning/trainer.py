@@ -140,7 +140,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         self.user_callbacks = list(callbacks or [])
         self.resume_from_checkpoint = resume_from_checkpoint
         self.truncated_bptt_steps = truncated_bptt_steps
-        self._hiddens = None
+        self._hiddens = self._next_hiddens = None
 
         self._experiment_arg = experiment if logger is None else logger
         self._fits = 0
@@ -592,10 +592,11 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         if not self.truncated_bptt_steps:
             self._train_on(batch, batch_idx)
             return
-        self._hiddens = None
+        self._hiddens = None  # what every optimizer's training_step gets in this split
         for split in self.module.tbptt_split_batch(batch, self.truncated_bptt_steps):
+            self._next_hiddens = None
             self._train_on(split, batch_idx)
-            self._hiddens = _detached(self._hiddens)
+            self._hiddens = _detached(self._next_hiddens)
 
     def _train_on(self, batch, batch_idx):
         """For each optimizer, a closure that runs ``training_step`` and backward, handed to
@@ -764,7 +765,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             return loss, prog, prog
         if isinstance(out, dict):
             if self.truncated_bptt_steps:
-                self._hiddens = out.get('hiddens')
+                self._next_hiddens = out.get('hiddens')
             prog = out.get('prog', out.get('progress_bar', _EMPTY))  # 0.5.x: 'progress_bar'
             return out['loss'], prog, out.get('log', _EMPTY)
         checks.unsupported_output(out)

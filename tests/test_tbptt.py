@@ -82,3 +82,19 @@ def test_default_split_slices_tensors_along_time():
     splits = model.tbptt_split_batch([x, y, tag], 3)
     assert [s[0].shape[1] for s in splits] == [3, 3, 1] and all(s[2] == 'meta' for s in splits)
     assert [t.shape[1] for t in model.tbptt_split_batch(x, 4)] == [4, 3]
+
+
+def test_tbptt_with_two_optimizers_passes_optimizer_i_then_hiddens(quiet):
+    seen = []
+
+    class Two(Echo):
+        def training_step(self, data_batch, batch_nb, optimizer_i, hiddens):
+            seen.append(optimizer_i)
+            return super().training_step(data_batch, batch_nb, hiddens)
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.lstm.parameters(), lr=0.01),
+                    torch.optim.SGD(self.head.parameters(), lr=0.01)]
+
+    Trainer(**quiet(truncated_bptt_steps=6, max_nb_epochs=1)).fit(Two(seq=12))
+    assert seen == [0, 1] * 8  # 4 batches x 2 splits, each optimizer per split
