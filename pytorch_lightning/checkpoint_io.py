@@ -23,6 +23,10 @@ from .utilities import pid_alive
 from .utilities._version import __version__
 
 KEY = 'lightning'
+#: Longest wait for a background save to become durable (an fsync on a hung network file
+#: system can block); past it ``CheckpointError`` is raised, and the file keeps its temporary
+#: name, so no half-finished checkpoint is ever taken for a good one.
+FINISH_TIMEOUT_S = 600.0
 
 
 # ------------------------------------------------------------------------------ writing
@@ -49,7 +53,12 @@ class _Finisher:
 
     def wait(self):
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(FINISH_TIMEOUT_S)
+            if self._thread.is_alive():
+                raise CheckpointError(
+                    f"a checkpoint was not durable after {FINISH_TIMEOUT_S:.0f} s (fsync or "
+                    f"rename is stuck: a hung or full file system?). The checkpoint before it "
+                    f"is still complete; check the disk, then resume from that one.")
             self._thread = None
         if self._error is not None:
             err, self._error = self._error, None

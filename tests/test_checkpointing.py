@@ -387,3 +387,23 @@ def test_resume_restores_a_generator_owned_by_the_sampler(quiet, tmp_path):
     resumed = run(resume_from_checkpoint=path)
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_stuck_background_save_times_out_with_a_clear_error(quiet, tmp_path, monkeypatch):
+    import threading
+    from pytorch_lightning import checkpoint_io
+    trainer = Trainer(**quiet(checkpoint_callback=False))
+    trainer.fit(TinyModel())
+    release = threading.Event()
+    real_fsync = os.fsync
+    monkeypatch.setattr(checkpoint_io, 'FINISH_TIMEOUT_S', 0.2)
+    monkeypatch.setattr(checkpoint_io.os, 'fsync',
+                        lambda fd: release.wait(10) or real_fsync(fd))  # the disk hangs
+    trainer.save_checkpoint(tmp_path / 'stuck.ckpt', background=True)
+    with pytest.raises(checkpoint_io.CheckpointError, match='not durable after 0 s'):
+        checkpoint_io.wait_for_saves()
+    assert not (tmp_path / 'stuck.ckpt').exists()  # still under its temporary name
+    release.set()  # the disk recovers: the save finishes, nothing is left waiting
+    monkeypatch.setattr(checkpoint_io, 'FINISH_TIMEOUT_S', 30)
+    checkpoint_io.wait_for_saves()
+    assert (tmp_path / 'stuck.ckpt').exists()
