@@ -14,7 +14,7 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['pytorch_lightning', 'pytorch_lightning.*']),
     python_requires='>=3.9',
-    install_requires=['torch>=2.3', 'numpy', 'tqdm', 'test-tube>=0.7.5'],
+    install_requires=['torch>=2.3', 'numpy', 'tqdm', 'test-tube>=0.7.5', 'cloudpickle>=2.0'],
     extras_require={
         'test': ['pytest', 'scikit-learn', 'matplotlib'],
         'examples': ['scikit-learn'],
