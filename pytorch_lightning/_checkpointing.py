@@ -36,13 +36,24 @@ class CheckpointingMixin:
         ``background=True`` (what ``ModelCheckpoint`` uses inside the loop) returns once the
         file is written; its fsync and rename finish on another thread, which ``fit`` (and
         ``checkpoint_io.wait_for_saves()``) waits for. ``then()`` runs after the rename.
-        Called before ``fit`` it raises ``MisconfigurationException``."""
+        Called before ``fit`` it raises ``MisconfigurationException``.
+
+        With several processes (DDP) saving is a collective: every rank must call it at the
+        same point (the built-in callbacks do, since they decide from the same gathered
+        metrics); each hands over its random state, so a resume restores every rank's own,
+        and rank 0 writes the file (``then`` runs there only)."""
         if getattr(self, '_train_loader', None) is None:  # set when fit sets the run up
             raise MisconfigurationException(
                 f"save_checkpoint({os.fspath(path)!r}) was called before fit(): there is no "
                 f"run to save yet. Call it from a callback during fit, or after fit returned.")
         self.check_finite_losses()  # never save weights trained on a NaN loss
-        checkpoint = checkpoint_io.dump(self, self._position(), durable_logs=not background)
+        position, ranks = self._position(), None
+        if self.world.world_size > 1:
+            ranks = self.world.gather_objects({'position': position,
+                                               'rng': checkpoint_io.capture_rng()})
+            if not self.world.is_zero:
+                return
+        checkpoint = checkpoint_io.dump(self, position, durable_logs=not background, ranks=ranks)
         checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)
 
@@ -83,6 +94,22 @@ class CheckpointingMixin:
         return [path for _, path in sorted(found)]
 
     def _restore_if_asked(self):
+        path = self._checkpoint_to_restore() if self.world.is_zero else None
+        if self.world.world_size > 1:  # rank 0 looked; every rank restores the same file
+            path = self.world.broadcast_object(path)
+        self._resume_position = None
+        if path is None:
+            return
+        checkpoint = checkpoint_io.load(path)
+        position, rng = checkpoint_io.restore(self, checkpoint, path)
+        self._resume_position = (position, rng)
+        if self.world.is_zero:
+            print(f'resumed from {os.fspath(path)} (epoch {self.state.epoch}, '
+                  f'global step {self.state.global_step})')
+
+    def _checkpoint_to_restore(self):
+        """The checkpoint this fit continues from: ``resume_from_checkpoint``, else the newest
+        HPC checkpoint of a requeued SLURM job, else an unfinished run's (``None``: none)."""
         path = self.resume_from_checkpoint
         if path is None and slurm_job_id() is not None and (
                 self.logger is None or getattr(self.logger, '_version', 0) is not None):
@@ -93,14 +120,7 @@ class CheckpointingMixin:
             if path is not None:
                 print(f'the run in {os.path.dirname(os.path.dirname(path))} did not finish: '
                       f'restoring its newest checkpoint, {path}')
-        self._resume_position = None
-        if path is None:
-            return
-        checkpoint = checkpoint_io.load(path)
-        position, rng = checkpoint_io.restore(self, checkpoint, path)
-        self._resume_position = (position, rng)
-        print(f'resumed from {os.fspath(path)} (epoch {self.state.epoch}, '
-              f'global step {self.state.global_step})')
+        return path
 
     def unfinished_run_checkpoint(self):
         """Auto-restore (classic): when this trainer logs into a version given by the user
@@ -133,17 +153,31 @@ class CheckpointingMixin:
     def _save_point(self):
         for fn in self._hooks.hooks['on_save_point']:
             fn()
-        if self._preemption is not None and self._preemption.requested:
+        self._decide()
+
+    def _decide(self):
+        """A decision point (fixed by the batch count, never by time): preempt if SIGUSR1
+        arrived on any rank, and stop (``state.should_stop``) if any rank wants to."""
+        preemption = self._preemption
+        preempt, stop = self.world.agree(preemption is not None and preemption.requested,
+                                         self.state.should_stop)
+        if preempt:
             self._preempt()
+        self.state.should_stop = stop
 
     def _preempt(self):
-        """SIGUSR1 under SLURM: durable HPC checkpoint, requeue, then leave ``fit``."""
-        existing = self._hpc_checkpoints()
-        number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
-        path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
+        """SIGUSR1 under SLURM: durable HPC checkpoint, requeue (rank 0), then leave ``fit``
+        (every rank)."""
+        path = None
+        if self.world.is_zero:
+            existing = self._hpc_checkpoints()
+            number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
+            path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
+        path = self.world.broadcast_object(path)
         self.save_checkpoint(path, background=False)  # durable before the requeue
         job = slurm_job_id()
-        requeue(job)
+        if self.world.is_zero:
+            requeue(job)
         raise _Preempted(f'saved {path} and requeued job {job}')
 
     def _epoch_batches(self, resume):

@@ -10,9 +10,10 @@ import torch
 from . import checkpoint_io
 from . import validation as checks
 from ._dispatch import step_arity
-from .data import get_loaders
+from .data import find_loader_attr, get_loaders, shard_loader
 from .exceptions import MisconfigurationException
 from .utilities import StepOutputs, batch_size_of
+from .utilities.transfer import move_to_device
 
 
 class EvaluationMixin:
@@ -25,19 +26,34 @@ class EvaluationMixin:
         self.state.stage = 'sanity_check'
         self._hooks.call('on_sanity_check_start')
         limits = [steps if limit is None else min(steps, limit) for limit in self._val_limits]
-        self._evaluate('validation', self._val_loaders, limits, self._val_step)
+        self._evaluate('validation', self._val_loaders, limits, self._val_step,
+                       self._val_sharded)
 
     def _validate(self):
         stage = self.state.stage
         self.state.stage = 'validate'
-        self._evaluate('validation', self._val_loaders, self._val_limits, self._val_step)
+        self._evaluate('validation', self._val_loaders, self._val_limits, self._val_step,
+                       self._val_sharded)
         self.state.stage = stage
 
-    def _evaluate(self, kind, loaders, limits, arity):
+    def _eval_loaders(self, model, stage):
+        """``(loaders, sharded)``: the module's ``stage`` loaders (``'val'``, ``'test'``); with
+        several processes each plain DataLoader becomes this rank's disjoint shard of it
+        (``sharded[i]``), whose step outputs ``_evaluate`` gathers from every rank."""
+        loaders, world = get_loaders(model, stage), self.world
+        if world.world_size == 1:
+            return loaders, [False] * len(loaders)
+        name = find_loader_attr(model, stage)
+        pairs = [shard_loader(loader, world.rank, world.world_size, name) for loader in loaders]
+        return [loader for loader, _ in pairs], [sharded for _, sharded in pairs]
+
+    def _evaluate(self, kind, loaders, limits, arity, sharded):
         """One pass over each of ``loaders`` (``limits[i]`` batches of loader i, ``None``: all)
         with ``{kind}_step`` (taking ``arity`` arguments: ``batch[, batch_idx[,
         dataloader_i]]``); returns ``{kind}_end``'s metrics dict. ``{kind}_end`` gets the flat
-        list of step outputs with one loader, one such list per loader with several."""
+        list of step outputs with one loader, one such list per loader with several. The
+        outputs of a ``sharded`` loader are gathered from every rank first (in rank order, on
+        the CPU), so every rank computes the same metrics from every sample, once."""
         hooks, module, state = self._hooks, self.module, self.state
         sanity = state.stage == 'sanity_check'
         testing = kind == 'test'
@@ -48,6 +64,8 @@ class EvaluationMixin:
         with torch.no_grad():
             per_loader = [self._evaluate_loader(testing, loader, limit, arity, loader_i)
                           for loader_i, (loader, limit) in enumerate(zip(loaders, limits))]
+            if any(sharded):
+                per_loader = self._gather_outputs(per_loader, sharded)
             end_name = f'{kind}_end'
             metrics = getattr(module, end_name)(per_loader if len(loaders) > 1 else per_loader[0])
         module.train(was_training)
@@ -64,6 +82,23 @@ class EvaluationMixin:
                 hooks.call('on_validation_end', metrics)
             hooks.call('on_post_performance_check')
         return metrics
+
+    def _gather_outputs(self, per_loader, sharded):
+        """Each sharded loader's step outputs (and batch sizes) from every rank, joined in
+        rank order: one object all-gather (shards may differ in length)."""
+        cpu = torch.device('cpu')
+        mine = [move_to_device((list(outputs), outputs.batch_sizes), cpu) if shard else None
+                for outputs, shard in zip(per_loader, sharded)]
+        everyone = self.world.gather_objects(mine)
+        joined = []
+        for i, outputs in enumerate(per_loader):
+            if sharded[i]:
+                outputs = StepOutputs()
+                for rank_outputs in everyone:
+                    outputs.extend(rank_outputs[i][0])
+                    outputs.batch_sizes.extend(rank_outputs[i][1])
+            joined.append(outputs)
+        return joined
 
     def _evaluate_loader(self, testing, loader, limit, arity, loader_i):
         """The step outputs of ``limit`` batches of ``loader`` (number ``loader_i``), with their
@@ -107,7 +142,7 @@ class EvaluationMixin:
             self._load_weights_for_test(model, ckpt_path)
         if model is not self.module or self._hooks is None:
             self._attach(model)
-        loaders = get_loaders(model, 'test')
+        loaders, sharded = self._eval_loaders(model, 'test')
         arity = step_arity(model, 'test_step', len(loaders), 'test_dataloader')
         limits = [self._batch_limit(loader, self.test_percent_check, 'test_percent_check')
                   for loader in loaders]
@@ -115,7 +150,7 @@ class EvaluationMixin:
         stage = self.state.stage
         self.state.stage = 'test'
         try:
-            metrics = self._evaluate('test', loaders, limits, arity)
+            metrics = self._evaluate('test', loaders, limits, arity, sharded)
         finally:
             self.state.stage = stage
             if self.logger is not None:

@@ -320,10 +320,12 @@ def plain_types(value):
     return value
 
 
-def dump(trainer, position, durable_logs=False):
+def dump(trainer, position, durable_logs=False, ranks=None):
     """The checkpoint dict for ``trainer`` right now. ``position`` says where the loop
     stands (see ``Trainer._position``). Every part contributes its own ``state_dict()``.
     ``durable_logs``: wait until the logger's rows are on disk (see ``TestTubeLogger``).
+    ``ranks``: with several processes, each rank's ``{'position', 'rng'}`` in rank order
+    (``restore`` gives each rank its own back when the world has the same size).
 
     The whole ``'lightning'`` section goes through ``plain_types``, so a checkpoint whose
     ``get_save_dict()`` holds only tensors and plain types loads with
@@ -359,13 +361,15 @@ def dump(trainer, position, durable_logs=False):
         'accumulated_grads': grads,
         'precision': trainer.precision.state_dict(),
         'val_metrics': dict(trainer.val_metrics),
+        'ranks': ranks,
     })
     return checkpoint
 
 
 def restore(trainer, checkpoint, path):
     """Load ``checkpoint`` into the module, optimizers, schedulers, callbacks, logger and
-    trainer state; returns the saved ``position``."""
+    trainer state; returns the saved ``(position, rng)``: this rank's own when the checkpoint
+    was written by a world of the same size (DDP), else the saving process's (rank 0's)."""
     meta = checkpoint[KEY]
     load_into_model(trainer.module, checkpoint, path)
     hook = getattr(trainer.module, 'on_load_checkpoint', None)  # classic: read what it added
@@ -399,4 +403,7 @@ def restore(trainer, checkpoint, path):
     if (trainer.logger is not None and meta['logger'] is not None
             and hasattr(trainer.logger, 'load_state_dict')):
         trainer.logger.load_state_dict(meta['logger'])
+    ranks, world = meta.get('ranks'), trainer.world
+    if ranks and len(ranks) == world.world_size:
+        return ranks[world.rank]['position'], ranks[world.rank]['rng']
     return meta['position'], meta['rng']

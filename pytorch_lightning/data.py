@@ -1,5 +1,8 @@
 """Reading the module's dataloaders, deciding how many batches each loop runs, and
-resumable sampling for exact mid-epoch resume."""
+resumable sampling for exact mid-epoch resume, and the loaders of several processes (a
+distributed sampler for training, disjoint shards for evaluation)."""
+import itertools
+
 import torch
 
 from .exceptions import MisconfigurationException
@@ -163,15 +166,9 @@ _LOADER_ARGS = ('num_workers', 'collate_fn', 'pin_memory', 'timeout', 'worker_in
                 'multiprocessing_context', 'generator', 'persistent_workers', 'pin_memory_device')
 
 
-def make_resumable(loader):
-    """``(loader, sampler)``: a plain map-style ``DataLoader`` is rebuilt once around a
-    ``ResumableBatchSampler`` (same dataset, sampler, workers and collate); anything else is
-    returned unchanged with ``sampler=None`` (resuming it replays the skipped batches)."""
-    from torch.utils.data import DataLoader, IterableDataset
-    if (type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset)
-            or loader.batch_sampler is None):
-        return loader, None
-    sampler = ResumableBatchSampler(loader.batch_sampler)
+def _loader_kwargs(loader):
+    """The arguments that rebuild ``loader`` around another sampler (workers, collate, pinned
+    memory, ...), without its dataset, sampler and batching."""
     kwargs = {name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name)}
     if kwargs.get('num_workers', 0) > 0:
         kwargs['prefetch_factor'] = loader.prefetch_factor
@@ -179,7 +176,96 @@ def make_resumable(loader):
         kwargs.pop('persistent_workers', None)
     if hasattr(loader, 'in_order'):
         kwargs['in_order'] = loader.in_order
-    return DataLoader(loader.dataset, batch_sampler=sampler, **kwargs), sampler
+    return kwargs
+
+
+def _plain_map_loader(loader):
+    from torch.utils.data import DataLoader, IterableDataset
+    return (type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset)
+            and loader.batch_sampler is not None)
+
+
+def make_resumable(loader):
+    """``(loader, sampler)``: a plain map-style ``DataLoader`` is rebuilt once around a
+    ``ResumableBatchSampler`` (same dataset, sampler, workers and collate); anything else is
+    returned unchanged with ``sampler=None`` (resuming it replays the skipped batches)."""
+    from torch.utils.data import DataLoader
+    if not _plain_map_loader(loader):
+        return loader, None
+    sampler = ResumableBatchSampler(loader.batch_sampler)
+    return DataLoader(loader.dataset, batch_sampler=sampler, **_loader_kwargs(loader)), sampler
+
+
+# ---------------------------------------------------------------------------- several processes
+def distributed_loader(loader, rank, world_size, seed, name):
+    """``(loader, distributed_sampler)`` for training on rank ``rank`` of ``world_size``.
+
+    A plain ``DataLoader`` with the default sampler (``shuffle=True`` or ``False``) is rebuilt
+    around a ``DistributedSampler`` that keeps its shuffle (drawn from ``seed`` and the
+    epoch, the same on every rank), its per-process batch size, ``drop_last`` (which the
+    sampler also uses: with it the tail that does not split evenly is dropped, without it
+    the last samples are repeated so every rank gets as many batches), workers, collate
+    function and pinned memory. A loader that already uses a ``DistributedSampler`` is kept.
+    Anything else (a custom sampler or batch sampler, an iterable dataset) is kept as it is,
+    with one warning naming ``name``: every process would then draw the same batches.
+    ``distributed_sampler`` is ``None`` unless it needs ``set_epoch`` each epoch."""
+    import warnings
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+    from torch.utils.data.distributed import DistributedSampler
+    sampler = getattr(loader, 'sampler', None)
+    if isinstance(sampler, DistributedSampler):
+        return loader, sampler
+    default = _plain_map_loader(loader) and type(loader.batch_sampler) is BatchSampler and (
+        type(sampler) is SequentialSampler or (
+            type(sampler) is RandomSampler and not sampler.replacement
+            and sampler._num_samples is None))
+    if not default:
+        kind = type(sampler).__name__ if sampler is not None else type(loader).__name__
+        warnings.warn(
+            f"{name} uses a {kind}, which is not a DistributedSampler, so each of the "
+            f"{world_size} processes trains on the same batches. Use a DataLoader with "
+            f"shuffle=True/False (the trainer then shards it) or a DistributedSampler.",
+            stacklevel=3)
+        return loader, None
+    shards = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
+                                shuffle=type(sampler) is RandomSampler, seed=seed,
+                                drop_last=loader.drop_last)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=shards,
+                      drop_last=loader.drop_last, **_loader_kwargs(loader)), shards
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Rank ``rank``'s shard of ``sampler`` for evaluation: every ``world_size``-th index,
+    starting at ``rank``. The shards are disjoint and not padded, so every sample is
+    evaluated exactly once across the ranks (shards may differ in length by one)."""
+
+    def __init__(self, sampler, rank, world_size):
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.rank, None, self.world_size)
+
+    def __len__(self):
+        return max(0, (len(self.sampler) - self.rank + self.world_size - 1) // self.world_size)
+
+
+def shard_loader(loader, rank, world_size, name):
+    """``(loader, sharded)``: a plain map-style ``DataLoader`` rebuilt around a
+    ``ShardSampler`` of its sampler (same batch size, workers, collate), ``sharded=True``.
+    Anything else (an iterable dataset, a custom batch sampler) is evaluated whole by every
+    rank (``sharded=False``; one warning naming ``name``): the metrics are still exact, each
+    rank computes them from all the data."""
+    import warnings
+    from torch.utils.data import BatchSampler, DataLoader
+    if not (_plain_map_loader(loader) and type(loader.batch_sampler) is BatchSampler):
+        warnings.warn(
+            f"{name} returned a {type(loader).__name__} the trainer cannot shard (an iterable "
+            f"dataset or a custom batch sampler), so each of the {world_size} processes "
+            f"evaluates all of it. Return a plain DataLoader to split the work.", stacklevel=3)
+        return loader, False
+    shard = ShardSampler(loader.sampler, rank, world_size)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=shard,
+                      drop_last=loader.drop_last, **_loader_kwargs(loader)), True
 
 
 def _generator_owners(loader):

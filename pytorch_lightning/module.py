@@ -98,6 +98,15 @@ class RootModule(nn.Module):
             nn.Module.__init__(self)
         self.hparams = hparams
 
+    def __getstate__(self):
+        """Pickling (``copy.deepcopy``, ``torch.save(model)``, the processes DDP starts) leaves
+        out ``trainer`` and ``experiment``, which the trainer sets while it runs the module:
+        they belong to the run, not to the model."""
+        state = dict(super().__getstate__())
+        state.pop('trainer', None)
+        state.pop('experiment', None)
+        return state
+
     # ------------------------------------------------------------------ evaluation ends
     def validation_end(self, outputs):
         """Collate the outputs of every ``validation_step`` (a list, in order); return a dict

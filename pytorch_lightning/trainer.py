@@ -14,12 +14,14 @@ from . import checkpoint_io
 from . import validation as checks
 from ._checkpointing import CheckpointingMixin, _Preempted
 from ._dispatch import HookDispatcher, step_arity
+from ._distributed import DistributedMixin
 from ._evaluation import EvaluationMixin, _total
 from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
-from .data import find_loader_attr, get_loader, get_loaders, limited_batches, make_resumable
+from .data import (distributed_loader, find_loader_attr, get_loader, get_loaders,
+                   limited_batches, make_resumable)
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
@@ -32,7 +34,7 @@ _EMPTY = {}
 _FLAG = object()  # the key of the NaN flag among the numbers read together
 
 
-class Trainer(CheckpointingMixin, EvaluationMixin):
+class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
     """Runs a ``RootModule``: ``Trainer(...).fit(model)``, then optionally ``test()``.
 
     The loop, in order (``hook`` = the module's hook, then each callback's)::
@@ -109,8 +111,12 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
                  callbacks=None, checkpoint_callback=None, early_stop_callback=None,
                  resume_from_checkpoint=None, gpus=None, distributed_backend=None,
                  use_amp=False, amp_dtype=None, amp_level=None, logger=None,
-                 truncated_bptt_steps=None):
-        checks.check_trainer_args(dict(locals()))
+                 truncated_bptt_steps=None, nb_gpu_nodes=1, num_processes=1,
+                 process_group_timeout=600, find_unused_parameters=None):
+        args = dict(locals())
+        del args['self']
+        checks.check_trainer_args(args)
+        self._init_args = args  # what a spawned process builds its trainer from
         self.default_save_path = os.fspath(default_save_path or os.getcwd())
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
         if isinstance(val_check_interval, numbers.Integral):
@@ -155,9 +161,15 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             self.early_stop_callback = EarlyStopping(patience=3)
             self.early_stop_callback.monitor.required = False
         self.state = TrainerState()
-        self.device = make_device(gpus, distributed_backend)
+        self.device = make_device(gpus, distributed_backend,
+                                  find_unused_parameters=find_unused_parameters)
         self.precision = make_precision(use_amp, amp_dtype, amp_level, self.device.root.type)
-        self.world = SingleProcess()
+        self.world = SingleProcess()  # a DistributedWorld once fit joins one
+        self._distributed = distributed_backend in ('ddp', 'ddp_spawn')
+        self.nb_gpu_nodes, self.num_processes = nb_gpu_nodes, num_processes
+        self.process_group_timeout = process_group_timeout
+        self._flag_in_reads = True  # read_numbers may raise on the NaN flag (one process)
+        self._distributed_sampler = None
         self.module = None
         self._nonfinite, self._checked_upto, self._warned_no_step = None, 0, False
         self._scheduler_configs, self.optimizer_frequencies, self._stepped = [], None, ()
@@ -192,8 +204,11 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
 
     @property
     def experiment(self):
-        """The test-tube Experiment (or the logger standing for it), ``None`` if disabled."""
-        return None if self.logger is None else getattr(self.logger, 'experiment', self.logger)
+        """The test-tube Experiment (or the logger standing for it), ``None`` if disabled.
+        On ranks other than 0 it is the logger, whose writes do nothing there."""
+        if self.logger is None or not self.world.is_zero:
+            return self.logger
+        return getattr(self.logger, 'experiment', self.logger)
 
     def running_loss(self):
         """Mean of the last (up to) 20 training losses, as a float (``nan`` before any)."""
@@ -229,8 +244,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         from the device in one transfer together with the pending NaN/inf flag of the
         training losses, which raises ``NonFiniteLossError`` here if it is set. The progress
         bar and the log rows read through this: no other host sync happens per batch."""
-        flag, self._nonfinite = self._nonfinite, None
+        flag = self._nonfinite if self._flag_in_reads else None
         if flag is not None:
+            self._nonfinite = None
             metrics = {**metrics, _FLAG: flag.float()}
         numbers = numbers_only(metrics)
         if flag is not None:
@@ -281,10 +297,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
 
     def _callbacks(self):
         built_in = [cb for cb in (self.checkpoint_callback, self.early_stop_callback) if cb]
-        if self.logger is not None:
+        if self.logger is not None and self.world.is_zero:  # rank 0 logs and draws
             built_in.append(MetricsLogging(self.logger, self.add_log_row_interval,
                                            self.log_save_interval, self.track_grad_norm))
-        if self.progress_bar:
+        if self.progress_bar and self.world.is_zero:
             built_in.append(ProgressBar(position=self.process_position))
         return self.user_callbacks + built_in
 
@@ -306,7 +322,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         """Before the first batch, the folders this fit will write into that are known now:
         each explicit ``ModelCheckpoint(filepath=...)``, and ``default_save_path`` when the
         default logger or (without a logger) the default checkpoint folder lies under it. A
-        custom logger's folder is the logger's to check."""
+        custom logger's folder is the logger's to check. Rank 0 only: it writes the files."""
+        if not self.world.is_zero:
+            return
         checkpoints = [cb for cb in self._active_callbacks if isinstance(cb, ModelCheckpoint)]
         for cb in checkpoints:
             if cb.filepath is not None:
@@ -342,7 +360,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             self._train_step_arity = 3 if len(self.optimizers) > 1 else 2
         else:
             self._train_step_arity = step_arity(model, 'training_step', len(self.optimizers))
-        self._train_loader, self._resumable_sampler = make_resumable(get_loader(model, 'train'))
+        self.device.prepare(model, len(self.optimizers))  # DDP's wrapper, before any freezing
+        self._train_loader, self._resumable_sampler = make_resumable(self._training_loader(model))
         self.nb_training_batches = self._batch_limit(self._train_loader, self.train_percent_check,
                                                      'train_percent_check')
         if self.nb_training_batches == 0:
@@ -350,7 +369,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
                 f"{find_loader_attr(model, 'train')} returned an empty loader (len 0). Check the "
                 f"dataset size and batch_size (with drop_last=True a dataset smaller than one "
                 f"batch is empty).")
-        self._val_loaders = get_loaders(model, 'val')  # [] without validation
+        self._val_loaders, self._val_sharded = self._eval_loaders(model, 'val')  # [] without
         self._val_step = step_arity(model, 'validation_step', len(self._val_loaders),
                                     'val_dataloader')
         self._val_limits = [self._batch_limit(loader, self.val_percent_check, 'val_percent_check')
@@ -367,6 +386,17 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         self.param_groups = [[p for g in opt.param_groups for p in g['params']]
                               for opt in self.optimizers]
         self._unchecked_outputs = len(self.optimizers)  # first batch: one per optimizer
+
+    def _training_loader(self, model):
+        """The module's training loader; with several processes, each rank's share of it."""
+        loader = get_loader(model, 'train')
+        world = self.world
+        self._distributed_sampler = None
+        if world.world_size > 1:  # one shuffle seed for all ranks: rank 0's torch seed
+            seed = world.broadcast_object(torch.initial_seed() % 2 ** 31)
+            loader, self._distributed_sampler = distributed_loader(
+                loader, world.rank, world.world_size, seed, find_loader_attr(model, 'train'))
+        return loader
 
     def _validation_interval(self):
         """Training batches between validation points (``None``: at epoch end only)."""
@@ -407,6 +437,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         self._fits += 1
         if self._fits > 1:
             self._start_new_run()
+        if self._distributed and self._fit_elsewhere(model):
+            return  # the spawned processes trained; this trainer holds rank 0's result
         self._setup_fit(model)
         hooks = self._hooks
         hooks.call('on_fit_setup')  # callbacks reset; a checkpoint restores them next
@@ -415,7 +447,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         self._preemption = self._install_preemption()
         termination = TerminationGuard().install()
         try:
-            if self.print_weights_summary:
+            if self.print_weights_summary and self.world.is_zero:
                 model.summarize()
             hooks.call('on_fit_start')
             self._sanity_check()
@@ -425,13 +457,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             checkpoint_io.wait_for_saves()
         except _Preempted as stop:
             self._close_after_failure(stop)
-            print(f'SLURM preemption: {stop}; exiting so the requeued job can resume.')
+            if self.world.is_zero:
+                print(f'SLURM preemption: {stop}; exiting so the requeued job can resume.')
             raise SystemExit(0)
         except BaseException as err:
             self._close_after_failure(err)
             if isinstance(err, Terminated):  # logs and checkpoints are saved: now die of it
                 termination.die()
-            if isinstance(err, KeyboardInterrupt):
+            if isinstance(err, KeyboardInterrupt) and self.world.is_zero:
                 self._print_resume_hint()
             raise
         finally:
@@ -544,9 +577,13 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         callback_batch_start = hooks.hooks['on_batch_start']
         batch_end = hooks.hooks['on_batch_end']
         save_point_hooks = hooks.hooks['on_save_point']
-        preemption = self._preemption
         min_epochs = self.min_nb_epochs
         check_every = self.add_log_row_interval
+        # ranks agree on stopping at fixed batch counts (one process: after every batch)
+        decide_every = 1 if self.world.world_size == 1 else check_every
+        agree = self.world.agree
+        if self._distributed_sampler is not None:
+            self._distributed_sampler.set_epoch(epoch)
         first, batches = self._epoch_batches(resume)
         if nb is not None:  # stop without loading a batch past the limit
             batches = itertools.islice(batches, max(0, nb - first))
@@ -554,7 +591,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             state.batch_idx = batch_idx
             if device is not None:
                 batch = device.to_device(self.module, batch)
-            if module_batch_start is not None and module_batch_start(batch) == -1:
+            if module_batch_start is not None and agree(module_batch_start(batch) == -1)[0]:
                 break
             for fn in callback_batch_start:
                 fn(batch)
@@ -565,16 +602,18 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             if (self._nonfinite is not None
                     and state.total_batches - self._checked_upto >= check_every):
                 self.check_finite_losses()
-            if val_every and (batch_idx + 1) % val_every == 0:
+            validated = val_every and (batch_idx + 1) % val_every == 0
+            if validated:
                 self._validate()
             for fn in save_point_hooks:  # the save point (see _save_point), inlined
                 fn()
-            if preemption is not None and preemption.requested:
-                self._preempt()
-            if state.should_stop and epoch >= min_epochs:  # min epochs already complete
-                break
+            if decide_every == 1 or validated or state.total_batches % decide_every == 0:
+                self._decide()
+                if state.should_stop and epoch >= min_epochs:  # min epochs already complete
+                    break
         if state.accumulation_position:  # loader ran out (or stopped) mid-window
             for opt_i, optimizer in enumerate(self.optimizers):
+                self.world.reduce_gradients(self.param_groups[opt_i])  # DDP did not sync them
                 self.precision.unscale(optimizer)
                 self._before_optimizer_step(optimizer, opt_i)
                 self._optimizer_step(optimizer, opt_i, None)
@@ -614,7 +653,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
             if completes:
                 self._optimizer_step(optimizer, opt_i, closure)
             else:
-                closure()
+                with self.device.no_sync():  # DDP: all-reduce once, with the window's last
+                    closure()
             if closure.result is None:  # an override given second_order_closure never ran it
                 raise MisconfigurationException(
                     f"{type(self.module).__name__}.optimizer_step received "
@@ -720,8 +760,18 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         loss at once). Called every ``add_log_row_interval`` batches (with the log row's
         read), at each epoch end and before every checkpoint write, so ``last.ckpt`` never
         holds weights trained on a non-finite loss."""
-        if self._nonfinite is not None:
+        if self._nonfinite is None:
+            return
+        if self._flag_in_reads:
             self.read_numbers({})
+            return
+        flag, self._nonfinite = self._nonfinite, None  # several ranks: all raise together
+        since, self._checked_upto = self._checked_upto, self.state.total_batches
+        if self.world.agree(flag)[0]:
+            self._raise_nonfinite(float('nan'), f'on at least one of the {self.world.world_size} '
+                                  f'ranks in training batches {since}..'
+                                  f'{self.state.total_batches - 1} of the run (counted from 0; '
+                                  f'now in epoch {self.state.epoch})', stepped=True)
 
     def _optimizer_step(self, optimizer, opt_i, closure):
         """Step ``optimizer`` through the precision part (``closure`` recomputes the loss and

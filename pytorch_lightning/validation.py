@@ -43,6 +43,32 @@ def _flag(name, value):
         _fail(f"Trainer({name}={value!r}): expected True or False.")
 
 
+def _check_world_args(args):
+    """``nb_gpu_nodes``, ``num_processes``, ``process_group_timeout``, ``find_unused_parameters``
+    and how they combine with ``distributed_backend`` and ``gpus``."""
+    backend = args.get('distributed_backend')
+    ddp = backend in ('ddp', 'ddp_spawn')
+    _int('nb_gpu_nodes', args.get('nb_gpu_nodes', 1), 1)
+    _int('num_processes', args.get('num_processes', 1), 1)
+    timeout = args.get('process_group_timeout', 600)
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+        _fail(f"Trainer(process_group_timeout={timeout!r}): expected the seconds a collective "
+              f"may wait for the other processes (a number > 0, e.g. 600).")
+    unused = args.get('find_unused_parameters')
+    if unused is not None and not isinstance(unused, bool):
+        _fail(f"Trainer(find_unused_parameters={unused!r}): expected None (automatic: True "
+              f"with several optimizers), True or False.")
+    for name in ('nb_gpu_nodes', 'num_processes'):
+        if args.get(name, 1) > 1 and not ddp:
+            _fail(f"Trainer({name}={args[name]}) starts several processes, which needs "
+                  f"distributed_backend='ddp' (got {backend!r}). Pass distributed_backend='ddp'.")
+    gpus = args.get('gpus')
+    if args.get('num_processes', 1) > 1 and gpus not in (None, 0, '0', '', []):
+        _fail(f"Trainer(num_processes={args['num_processes']}, gpus={gpus!r}): with GPUs DDP "
+              f"starts one process per GPU, so num_processes is for CPU training only. Drop "
+              f"num_processes (gpus sets the processes per node).")
+
+
 def check_trainer_args(args):
     """Validate the Trainer's constructor arguments (a dict of name -> value)."""
     exp = args['experiment']
@@ -71,6 +97,7 @@ def check_trainer_args(args):
     if path is not None and not isinstance(path, (str, os.PathLike)):
         _fail(f"Trainer(default_save_path={path!r}): expected a folder path (str) or None "
               f"for the current directory.")
+    _check_world_args(args)
     _int('max_nb_epochs', args['max_nb_epochs'], 1)
     _int('min_nb_epochs', args['min_nb_epochs'], 0)
     if args['min_nb_epochs'] > args['max_nb_epochs']:

@@ -226,7 +226,8 @@ def test_eager_nan_check_on_the_cpu_says_nothing_was_stepped(quiet):
 @pytest.mark.parametrize('kwargs, text', [
     (dict(gpus=1), 'CUDA is not available'),
     (dict(gpus='0,1'), 'CUDA is not available'),
-    (dict(distributed_backend='ddp'), 'not built yet'),
+    (dict(distributed_backend='ddp2'), "use 'ddp'"),
+    (dict(distributed_backend='ddp', gpus=2), 'CUDA is not available'),
     (dict(distributed_backend='horovod'), "'dp'"),
     (dict(use_amp=True, amp_level='O1'), 'native mixed precision'),
     (dict(amp_dtype='bfloat16'), 'use_amp=True'),

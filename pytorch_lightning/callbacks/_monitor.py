@@ -30,16 +30,21 @@ class Monitor:
         self.mode = self._initial_mode = mode
         self.required = True
         self.disabled = False
-        self._announced = False
+        self.quiet = False
 
-    def reset(self):
-        """Forget what the last fit found out (inferred mode, a missing key)."""
-        self.mode, self.disabled = self._initial_mode, False
+    def reset(self, quiet=False):
+        """Forget what the last fit found out (inferred mode, a missing key). ``quiet``: print
+        no notices in this fit (ranks other than 0 decide the same, silently)."""
+        self.mode, self.disabled, self.quiet = self._initial_mode, False, quiet
+
+    def _notice(self, message):
+        if not self.quiet:
+            notice(message)
 
     def resolve_mode(self):
         if self.mode == 'auto':
             self.mode = 'max' if 'acc' in self.key.lower() else 'min'
-            notice(f"{self.owner}: monitoring {self.key!r} in {self.mode!r} mode (inferred from "
+            self._notice(f"{self.owner}: monitoring {self.key!r} in {self.mode!r} mode (inferred from "
                    f"the name; pass mode='min' or mode='max' to choose).")
         return self.mode
 
@@ -55,7 +60,7 @@ class Monitor:
                     f"{self.key!r}; available keys: {available}. Return it from validation_end "
                     f"or pass monitor= one of those keys.")
             self.disabled = True
-            notice(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}), "
+            self._notice(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}), "
                    f"so the default {self.owner} {self.off_notice}. Pass {self.trainer_arg}="
                    f"{self.owner}(monitor=...) to the Trainer to use another metric.")
             return None

@@ -18,7 +18,7 @@ class EarlyStopping(Callback):
 
     def on_fit_setup(self, trainer, module):
         self.best, self.wait, self.stopped_epoch = None, 0, None
-        self.monitor.reset()
+        self.monitor.reset(quiet=not getattr(trainer, 'is_global_zero', True))
 
     def on_validation_end(self, trainer, module, metrics):
         value = self.monitor.read(metrics)

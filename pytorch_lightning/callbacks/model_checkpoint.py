@@ -62,7 +62,7 @@ class ModelCheckpoint(Callback):
         self.best = self.best_path = self._want_best = self.last_path = None
         self._want_last = False
         self._last_step_saved, self._last_batches_saved = 0, -1
-        self.monitor.reset()
+        self.monitor.reset(quiet=not getattr(trainer, 'is_global_zero', True))
 
     def _folder(self, trainer):
         if self.filepath is None:  # resolved at the first save: fit start never waits for it

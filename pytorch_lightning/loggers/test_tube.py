@@ -248,6 +248,11 @@ class TestTubeLogger(LightningLoggerBase):
             self._version = next_free_version(os.path.join(self._parent(), self.name))
         return self._version
 
+    @version.setter
+    def version(self, version):
+        """Use ``version`` (DDP: the other ranks take the one rank 0 picked)."""
+        self._version = version
+
     def _parent(self):
         if self.save_dir is None:  # test-tube's own data folder
             import test_tube.log
@@ -427,6 +432,7 @@ class TestTubeLogger(LightningLoggerBase):
             self._exp_lock.release()
 
     # -------------------------------------------------------------- writes (cheap)
+    @rank_zero_only
     def log(self, metrics, global_step=None, walltime=None):
         """Queue one metrics row. ``global_step`` is the TensorBoard step and the CSV's
         ``step`` column. Keys ``step`` and ``global_step`` in ``metrics`` are CSV columns
@@ -439,6 +445,7 @@ class TestTubeLogger(LightningLoggerBase):
 
     log_metrics = log
 
+    @rank_zero_only
     def tag(self, tags):
         """Add experiment tags (hyperparameters); written with the next save."""
         if self._thread is None:
@@ -466,6 +473,7 @@ class TestTubeLogger(LightningLoggerBase):
         if not self.debug:
             save_hparams_file(self.log_dir, params)
 
+    @rank_zero_only
     def request_save(self):
         """Ask for a save: the writer does it within about a second (merged with others).
         What ``MetricsLogging`` asks for every ``log_save_interval`` batches."""
@@ -479,6 +487,7 @@ class TestTubeLogger(LightningLoggerBase):
         self.flush()
 
     # -------------------------------------------------------------- synchronous
+    @rank_zero_only
     def flush(self):
         """Write everything logged so far to disk now; returns the number of rows the
         experiment holds. Raises ``LoggerError`` if a write failed."""
@@ -490,6 +499,7 @@ class TestTubeLogger(LightningLoggerBase):
             self._save_now()
         return self._saved
 
+    @rank_zero_only
     def finalize(self, status=None):
         """Save everything, stop the writer thread and release the folder; a user's
         Experiment gets its own methods back (and stays open). Logging again afterwards

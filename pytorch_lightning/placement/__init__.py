@@ -1,6 +1,7 @@
 """Where and how the model runs, as three small parts the Trainer combines: a *device* part
 (module and batches, a DataParallel wrapper), a *precision* part (autocast, loss scaling) and
-a *world* part (rank, world size). The loop calls them and never branches on the device."""
+a *world* part (rank, world size, collectives). The loop calls them and never branches on the
+device. ``ddp.py`` holds the DDP device and world parts, ``launch.py`` starts the processes."""
 import torch
 
 from ..exceptions import MisconfigurationException
@@ -12,19 +13,30 @@ from .world import SingleProcess
 __all__ = ['CPUDevice', 'CUDADevice', 'DataParallelDevice', 'FullPrecision', 'MixedPrecision',
            'SingleProcess', 'make_device', 'make_precision', 'parse_gpus', 'root_gpu']
 
-BACKENDS = (None, 'dp')
+BACKENDS = (None, 'dp', 'ddp', 'ddp_spawn')
 AMP_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
-def make_device(gpus, distributed_backend=None, device_count=None):
-    """The device part for ``Trainer(gpus=..., distributed_backend=...)``."""
+def make_device(gpus, distributed_backend=None, device_count=None,
+                find_unused_parameters=None):
+    """The device part for ``Trainer(gpus=..., distributed_backend=...)``: ``'ddp'`` (or its
+    classic spelling ``'ddp_spawn'``) gives a ``DistributedDevice`` (one process per GPU, or
+    CPU processes without GPUs); otherwise one process on the CPU, one GPU, or DataParallel."""
     if distributed_backend not in BACKENDS:
-        later = ' (DistributedDataParallel is not built yet)' if distributed_backend in (
-            'ddp', 'ddp2', 'ddp_spawn') else ''
+        hint = (" ('ddp2', one process per node with DataParallel inside, is not built: use "
+                "'ddp')") if distributed_backend == 'ddp2' else ''
         raise MisconfigurationException(
-            f"Trainer(distributed_backend={distributed_backend!r}) is not supported{later}. "
-            f"Use None (one GPU, or DataParallel over several) or 'dp'.")
+            f"Trainer(distributed_backend={distributed_backend!r}) is not supported{hint}. "
+            f"Use None (one GPU, or DataParallel over several), 'dp', or 'ddp' (one process "
+            f"per GPU, or num_processes CPU processes).")
     ids = parse_gpus(gpus, device_count)
+    if distributed_backend in ('ddp', 'ddp_spawn'):
+        from .ddp import DistributedDevice
+        return DistributedDevice(ids, find_unused_parameters)
+    if find_unused_parameters is not None:
+        raise MisconfigurationException(
+            f"Trainer(find_unused_parameters={find_unused_parameters!r}) is an option of "
+            f"DistributedDataParallel: pass distributed_backend='ddp', or drop it.")
     if ids is None:
         return CPUDevice()
     if len(ids) == 1:

@@ -1,6 +1,8 @@
 """The device part: where the module and the batches live, and how a step method is called
 (directly, or on DataParallel replicas). The user's module is never replaced: a wrapper, when
 there is one, is held here."""
+from contextlib import nullcontext
+
 import torch
 
 from .data_parallel import DataParallelRunner
@@ -26,6 +28,15 @@ class CPUDevice:
     def setup(self, module):
         """Move ``module`` to the device (before its optimizers are built)."""
         module.to(self.root)
+
+    def prepare(self, module, nb_optimizers):
+        """After ``configure_optimizers``: build what wraps ``module`` for training (nothing
+        here; DDP's wrapper in ``DistributedDevice``)."""
+
+    def no_sync(self):
+        """A context around backward passes whose gradients are only summed locally (the
+        batches of an accumulation window before its last); nothing to do in one process."""
+        return nullcontext()
 
     def to_device(self, module, batch):
         """``batch`` on the device: the module's ``transfer_batch_to_device`` hook decides."""
