@@ -126,6 +126,8 @@ class DistributedMixin:
                        torch.initial_seed())
         payload = _pickled(job, model)
         result = spawn_ranks(functools.partial(_run_pickled, payload), self._processes_per_node())
+        if result.get('preempted'):  # the ranks wrote the HPC checkpoint and requeued the job
+            raise SystemExit(0)
         self._adopt(model, result)
 
     def _rank_zero_result(self):
@@ -164,8 +166,13 @@ class _RankFit:
         torch.manual_seed(self.seed)  # torch.initial_seed() as in the launching process
         checkpoint_io.restore_rng(self.rng)
         trainer = self.trainer_class(**self.args)
-        trainer.fit(self.model)
-        result = trainer._rank_zero_result() if trainer.is_global_zero else None
+        try:
+            trainer.fit(self.model)
+            result = trainer._rank_zero_result() if trainer.is_global_zero else None
+        except SystemExit as stop:  # a SLURM preemption: saved and requeued by the ranks
+            if stop.code not in (0, None):
+                raise
+            result = {'preempted': True} if trainer.is_global_zero else None
         trainer.world.close()  # every rank tears the group down together, before exiting
         return result
 

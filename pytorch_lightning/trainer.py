@@ -41,6 +41,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
 
         fit(model):
             a second fit on this Trainer is a new run (a new log version by default)
+            distributed_backend='ddp': join the world torchrun/srun started, or start the
+                ranks, run this fit in each of them and adopt rank 0's result (return here)
             check arguments and the module's contract         # MisconfigurationException
             configure_optimizers(); read the dataloaders once
             callbacks.on_fit_setup                            # reset per run
@@ -80,13 +82,15 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                         train mode; callbacks.on_validation_end(metrics)
                         on_post_performance_check
                     callbacks.on_save_point                   # checkpoints are written here
-                    if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt, requeue, exit(0)
-                    if state.should_stop and epoch >= min_nb_epochs: end the epoch
+                    decision point (every batch; under DDP every add_log_row_interval batches,
+                            after a validation point and at epoch end, agreed by all ranks):
+                        if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt, requeue, exit(0)
+                        if state.should_stop and epoch >= min_nb_epochs: end the epoch
                 step an unfinished accumulation window
                 on_epoch_end
                 lr_schedulers.step()
                 callbacks.on_save_point
-                if state.should_stop and epoch + 1 >= min_nb_epochs: stop
+                decision point; if state.should_stop and epoch + 1 >= min_nb_epochs: stop
             callbacks.on_fit_end                              # final log save
         on an exception: callbacks.on_exception(error); on Ctrl-C print the newest
         checkpoint and the argument that resumes from it; re-raise (SLURM preemption:

@@ -26,7 +26,7 @@ run() {  # run LIMIT_SECONDS NAME COMMAND...: report how each step ended
 
 echo "== nvidia-smi (for the record; not a check)"
 timeout 20 nvidia-smi || echo "== nvidia-smi did not run (exit status $?)"
-run 240 'GPU tests' python -m pytest tests/test_gpu.py -q -rs
+run 240 'GPU tests' python -m pytest tests/test_gpu.py tests/test_gpu_ddp.py -q -rs
 if [ -f benchmarks/gpu_overhead.py ]; then
     run 180 'GPU benchmark' python benchmarks/gpu_overhead.py
 else

@@ -161,6 +161,7 @@ class DistributedDevice:
         """This process is local rank ``local_rank``: take its GPU."""
         if self.node_gpu_ids:
             self._base = CUDADevice(self.node_gpu_ids[local_rank])
+            torch.cuda.set_device(self._base.root)  # before NCCL starts on it
         self._joined = True
 
     def setup(self, module):
