@@ -26,13 +26,12 @@ from test_tube import HyperOptArgumentParser
 
 EXAMPLES_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, EXAMPLES_DIR)  # so the sibling example files import as plain modules
-
-try:
-    from pytorch_lightning import Trainer
-except ImportError:  # running from a source checkout that is not pip-installed
+# in a source checkout, the checkout's package (this launcher and a sweep's trials run the
+# same code, even when another copy of pytorch_lightning is pip-installed)
+if os.path.isdir(os.path.join(os.path.dirname(EXAMPLES_DIR), 'pytorch_lightning')):
     sys.path.insert(0, os.path.dirname(EXAMPLES_DIR))
-    from pytorch_lightning import Trainer
-from pytorch_lightning import sweep  # noqa: E402
+
+from pytorch_lightning import Trainer, sweep  # noqa: E402
 from pytorch_lightning.loggers import TestTubeLogger  # noqa: E402
 
 from digits_search import DigitsSearchModel  # noqa: E402

@@ -103,12 +103,20 @@ def add_sweep_args(parser):
     slurm.add_argument('--slurm_mem', default=None, help='memory per node, e.g. 16G')
     slurm.add_argument('--slurm_conda_env', default=None, help='conda environment to activate')
     slurm.add_argument('--slurm_modules', default=None, help='modules to load, comma-separated')
-    slurm.add_argument('--slurm_line', action='append', default=None,
+    slurm.add_argument('--slurm_line', action=_AppendLine, default=(),
                        help='an extra #SBATCH line, e.g. --slurm_line=--qos=high (repeatable)')
     slurm.add_argument('--slurm_grace', type=int, default=90,
                        help='seconds before the time limit at which SLURM sends SIGUSR1 (the '
                             'trial then checkpoints and requeues itself)')
     return parser
+
+
+class _AppendLine(argparse.Action):
+    """``action='append'`` into a tuple: test-tube's parser hashes every parsed value, and a
+    list is not hashable."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(getattr(namespace, self.dest, None) or ()) + (values,))
 
 
 def is_sweep(hparams):
@@ -735,11 +743,7 @@ def submit_slurm(exp_dir, spec, trials, options, out=None):
     anything), ``SubmissionError`` when it fails for a trial."""
     out = sys.stdout if out is None else out
     options.check()
-    sbatch = shutil.which('sbatch')
-    if sbatch is None:
-        raise MisconfigurationException(
-            '--cluster slurm: `sbatch` is not on PATH. Run the sweep on a SLURM login node '
-            '(or load the slurm module first), or use --cluster local.')
+    sbatch = _sbatch()
     folder = os.path.join(exp_dir, SLURM_FOLDER)
     os.makedirs(folder, exist_ok=True)
     jobs = {}
@@ -768,6 +772,15 @@ def submit_slurm(exp_dir, spec, trials, options, out=None):
               f'{trial["hparams"]}', file=out)
     _record_jobs(exp_dir, spec, jobs)
     return jobs
+
+
+def _sbatch():
+    sbatch = shutil.which('sbatch')
+    if sbatch is None:
+        raise MisconfigurationException(
+            '--cluster slurm: `sbatch` is not on PATH. Run the sweep on a SLURM login node '
+            '(or load the slurm module first), or use --cluster local.')
+    return sbatch
 
 
 def _record_jobs(exp_dir, spec, jobs):
@@ -875,6 +888,7 @@ def _new_sweep(parser, hparams, script, exp_dir, out):
     if cluster == 'slurm':
         options = SlurmOptions.from_hparams(hparams)
         options.check()
+        _sbatch()  # before anything is written
         slurm = vars(options)
         if has_gpus:
             base['gpus'] = str(options.gpus) if options.gpus else None

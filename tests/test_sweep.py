@@ -29,8 +29,7 @@ EXAMPLES = os.path.join(ROOT, 'examples')
 SCRIPT = '''
 import os, sys, time
 sys.path.insert(0, {examples!r})
-sys.path.insert(0, {root!r})
-import trainer_main
+import trainer_main  # puts the checkout's package first on sys.path
 from digits_search import DigitsSearchModel
 from test_tube import HyperOptArgumentParser
 
@@ -75,7 +74,7 @@ TINY = ['--train_percent_check', '0.1', '--val_percent_check', '0.2']
 @pytest.fixture
 def script(tmp_path):
     path = tmp_path / 'sweep_script.py'
-    path.write_text(SCRIPT.format(examples=EXAMPLES, root=ROOT))
+    path.write_text(SCRIPT.format(examples=EXAMPLES))
     return str(path)
 
 
