@@ -23,7 +23,8 @@ from pytorch_lightning import notebook  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--keep', default=None, help='folder for the sweep (default: a temporary one)')
+    parser.add_argument('--keep', default=None,
+                        help='folder for the sweep (default: a temporary one)')
     parser.add_argument('--out', default=os.path.join(DOCS, 'sweep_curves.png'))
     args = parser.parse_args()
     save_path = args.keep or tempfile.mkdtemp(prefix='sweep_plot_')
