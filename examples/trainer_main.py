@@ -59,6 +59,8 @@ def build_parser(models=None):
     parser.add_argument('--val_percent_check', default=1.0, type=float)
     parser.add_argument('--gpus', default=None,
                         help='one run: the Trainer\'s gpus; a sweep: the GPUs its trials share')
+    parser.add_argument('--distributed_backend', default=None,
+                        help="the Trainer's distributed_backend (e.g. for several srun tasks)")
     parser.add_argument('--seed', default=0, type=int)
     return sweep.add_sweep_args(parser)
 
@@ -96,6 +98,7 @@ def main(argv=None, models=None, script=None):
     torch.manual_seed(hparams.seed)
     model = build_model(model_cls, hparams)
     trainer = Trainer(logger=logger, max_nb_epochs=hparams.max_nb_epochs, gpus=hparams.gpus,
+                      distributed_backend=hparams.distributed_backend,
                       train_percent_check=hparams.train_percent_check,
                       val_percent_check=hparams.val_percent_check)
     trainer.fit(model)

@@ -339,7 +339,7 @@ def read_trial_log(path, keep=40):
         if line.strip():
             current.append(line)
     log.wall_s = sum(walls) if walls else None
-    log.last_lines = current[-keep:]
+    log.last_lines = current[-keep:] if keep else []
     return log
 
 
@@ -833,6 +833,9 @@ def run_sweep(parser, hparams, script, exp_dir, out=None, stop_timeout_s=STOP_TI
     exp_dir = os.path.abspath(os.fspath(exp_dir))
     metric, mode = hparams.sort_by, hparams.sort_mode
     _mode(metric, mode)
+    if hparams.workers is not None and hparams.workers < 1:
+        raise MisconfigurationException(
+            f'--workers {hparams.workers}: expected at least 1 (trials running at once).')
     if hparams.report:
         return _finish(SweepResult(exp_dir), metric, mode, out)
     if hparams.resume:

@@ -20,6 +20,9 @@ from pytorch_lightning.utilities import pid_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, 'examples')
+sys.path.insert(0, EXAMPLES)
+
+import trainer_main  # noqa: E402
 
 # A training script with two test models, run by the sweeps below (and by each of their
 # trials): the digits example with a small grid. 'grid_digits' has a learning rate of 1e30 at
@@ -293,13 +296,32 @@ def test_trial_log_status_and_error():
 
 
 def test_a_new_sweep_refuses_an_experiment_folder_in_use(tmp_path):
-    sys.path.insert(0, EXAMPLES)
-    import trainer_main
     (tmp_path / 'digits' / 'version_0').mkdir(parents=True)
     with pytest.raises(MisconfigurationException, match='--resume'):
         trainer_main.main(['--search', 'grid', '--save_path', str(tmp_path)])
     with pytest.raises(MisconfigurationException, match='no sweep'):
         trainer_main.main(['--resume', '--save_path', str(tmp_path), '--exp_name', 'other'])
+    with pytest.raises(MisconfigurationException, match='--workers 0'):
+        trainer_main.main(['--search', 'grid', '--workers', '0', '--save_path', str(tmp_path),
+                           '--exp_name', 'new'])
+    assert not (tmp_path / 'new').exists()  # refused before anything was written
+
+
+def test_a_gpu_sweep_gives_each_trial_one_gpu_on_its_command_line(tmp_path, monkeypatch):
+    """--gpus lists the GPUs the trials share: each trial's command says --gpus=1 (its own
+    GPU, made visible alone by the runner), and one worker per GPU by default."""
+    asked, ran = [], {}
+    monkeypatch.setattr(sweep, 'gpu_ids', lambda gpus: asked.append(gpus) or ['4', '6'])
+    monkeypatch.setattr(sweep, 'run_local', lambda exp_dir, spec, trials, **kw: ran.update(
+        trials=trials, **kw) or False)
+    result = trainer_main.main(['--search', 'grid', '--nb_trials', '3', '--gpus', '0,1',
+                                '--save_path', str(tmp_path)])
+    assert asked == ['0,1']
+    assert ran['gpus'] == ['4', '6'] and ran['workers'] == 2
+    assert [t['version'] for t in ran['trials']] == [0, 1, 2]
+    for trial in ran['trials']:
+        assert '--gpus=1' in trial['args'] and f"--version={trial['version']}" in trial['args']
+    assert list(result['sweep'].table['status']) == ['pending'] * 3
 
 
 # ------------------------------------------------------------------------------ real sweeps
