@@ -1,7 +1,6 @@
 """What a sweep costs over running the same trials by hand, and trials per minute by workers.
 
-    python benchmarks/sweep_overhead.py              # ~2 min on 2 cores: 4 trials, 2 rounds
-    python benchmarks/sweep_overhead.py --quick      # 1 round
+    python benchmarks/sweep_overhead.py              # ~1 min on 2 idle cores: 4 trials, 1 round
     python benchmarks/sweep_overhead.py --trials 6 --epochs 2 --rounds 3
 
 Each round runs, in this order:
@@ -60,10 +59,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--trials', type=int, default=4)
     parser.add_argument('--epochs', type=int, default=1)
-    parser.add_argument('--rounds', type=int, default=2)
-    parser.add_argument('--quick', action='store_true', help='1 round')
+    parser.add_argument('--rounds', type=int, default=1)
     args = parser.parse_args()
-    rounds = 1 if args.quick else args.rounds
+    rounds = args.rounds
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     print(f'{args.trials} trials of digits ({args.epochs} epoch(s), train_percent_check 0.2), '
           f'{rounds} round(s), {cores} cores, load average {os.getloadavg()[0]:.2f}')
