@@ -104,3 +104,13 @@ def test_torch_distributed_only_in_ddp_placement():
         for name, _ in imports_of(path):
             if name.startswith('torch.distributed'):
                 assert rel(path).startswith('placement/ddp'), rel(path)
+
+
+def test_workflow_helpers_are_imported_by_nothing_in_the_package():
+    """``notebook.py`` and ``sweep.py`` sit on top (docs/architecture.md, layer 5)."""
+    top = ('pytorch_lightning.notebook', 'pytorch_lightning.sweep')
+    for path in sources():
+        if rel(path) in ('notebook.py', 'sweep.py'):
+            continue
+        for name, _ in imports_of(path):
+            assert not name.startswith(top), (rel(path), name)
