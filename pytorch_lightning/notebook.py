@@ -231,9 +231,10 @@ def _run_dirs(log_dirs_or_runs):
 
 
 def _labels(log_dirs):
-    """``version_<n>`` plus the hyperparameters whose values differ between ``log_dirs``."""
+    """``version_<n>`` plus the hyperparameters whose values differ between ``log_dirs`` (a
+    ``version`` hyperparameter, e.g. a sweep's, repeats the folder name and is left out)."""
     params = [_hparams(d) for d in log_dirs]
-    keys = sorted({k for p in params for k in p})
+    keys = sorted({k for p in params for k in p} - {'version'})
     differing = [k for k in keys if len({repr(p.get(k)) for p in params}) > 1]
     labels = []
     for log_dir, p in zip(log_dirs, params):

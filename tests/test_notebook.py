@@ -219,3 +219,13 @@ def test_runs_falls_back_to_meta_tags_and_to_no_status(logs, tmp_path):
     assert row['version'] == 3
     assert row['lr'] == 0.01 and row['batch_size'] == 8
     assert row['status'] is None
+
+
+def test_plot_labels_leave_out_a_version_hyperparameter(tmp_path):
+    for version, lr in ((0, 0.1), (1, 0.2)):
+        folder = tmp_path / f'version_{version}'
+        folder.mkdir()
+        (folder / 'meta_tags.csv').write_text(f'key,value\nlr,{lr}\nversion,{version}\n')
+        (folder / 'metrics.csv').write_text('step,val_loss\n1,0.5\n2,0.4\n')
+    assert notebook._labels([tmp_path / 'version_0', tmp_path / 'version_1']) == [
+        'version_0: lr=0.1', 'version_1: lr=0.2']
