@@ -120,7 +120,28 @@ class CheckpointingMixin:
             if path is not None:
                 print(f'the run in {os.path.dirname(os.path.dirname(path))} did not finish: '
                       f'restoring its newest checkpoint, {path}')
+            elif self._run_unfinished():
+                self._restart_unfinished_run()
         return path
+
+    def _run_unfinished(self):
+        """Whether this trainer logs into a version given by the user whose last run did not
+        finish (``run_status.json``: running, failed or interrupted)."""
+        if self.logger is None or getattr(self.logger, '_version', None) is None:
+            return False
+        run_status = getattr(self.logger, 'run_status', None)
+        return run_status is not None and run_status() not in (None, 'finished')
+
+    def _restart_unfinished_run(self):
+        """An unfinished run that left no checkpoint starts again from its beginning: the
+        rows it logged are dropped when the logger opens, so steps are not logged twice."""
+        folder = os.path.dirname(self.default_checkpoint_dir())
+        print(f'the run in {folder} did not finish and left no checkpoint: it starts again '
+              f'from the beginning, replacing the rows it logged')
+        if hasattr(self.logger, 'load_state_dict'):
+            self.logger.load_state_dict({'name': self.logger.name,
+                                         'version': self.logger.version, 'rows': 0,
+                                         'saved': 0, 'carried': [], 'step': -1})
 
     def unfinished_run_checkpoint(self):
         """Auto-restore (classic): when this trainer logs into a version given by the user
@@ -128,11 +149,8 @@ class CheckpointingMixin:
         ``run_status.json`` says running, failed or interrupted), the path of that run's
         newest checkpoint in ``default_checkpoint_dir()``: the one with the most training
         batches done (not the newest file). ``None`` otherwise (also for a new version)."""
-        if self.logger is None or getattr(self.logger, '_version', None) is None:
+        if not self._run_unfinished():  # also: no status, not a run this library wrote
             return None
-        run_status = getattr(self.logger, 'run_status', None)
-        if run_status is None or run_status() in (None, 'finished'):
-            return None  # no status: not a run this library wrote
         folder = self.default_checkpoint_dir()
         newest, most = None, -1
         for path in glob.glob(os.path.join(glob.escape(folder), '*.ckpt')):

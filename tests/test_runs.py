@@ -268,6 +268,26 @@ def test_rerun_of_an_unfinished_version_restores_its_newest_checkpoint(tmp_path,
     assert [r['epoch'] for r in rows if r['val_loss']] == ['0', '1', '2']  # no epoch twice
 
 
+def test_rerun_of_an_unfinished_version_without_checkpoint_starts_its_rows_again(
+        tmp_path, capsys):
+    kw = logged(tmp_path, max_nb_epochs=2, checkpoint_callback=False)
+    CrashesAt.crash_at = 6  # after the rows of batches 0-4 (add_log_row_interval 5 below)
+    try:
+        with pytest.raises(RuntimeError, match='crash'):
+            Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='n', version=0),
+                    add_log_row_interval=5, **kw).fit(CrashesAt())
+        assert read_rows(tmp_path / 'n' / 'version_0')  # the crashed run's rows were saved
+        CrashesAt.crash_at = -1
+        trainer = Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='n',
+                                                    version=0), add_log_row_interval=5, **kw)
+        trainer.fit(CrashesAt())
+    finally:
+        CrashesAt.crash_at = 13
+    assert 'left no checkpoint' in capsys.readouterr().out
+    steps = [int(r['step']) for r in read_rows(tmp_path / 'n' / 'version_0')]
+    assert steps == sorted(steps) and steps[0] == 5  # the crashed run's rows are replaced
+
+
 def test_a_finished_or_new_version_is_not_restored(tmp_path, capsys):
     kw = logged(tmp_path, max_nb_epochs=1)
     Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='f', version=0),
