@@ -3,20 +3,21 @@
 
 It restores the parent's ``sys.path``, unpickles the function from ``WORKDIR/payload.pkl``
 and calls it. Rank 0 writes what it returned to ``WORKDIR/result.pkl``. A rank whose function
-raises writes ``WORKDIR/error-<RANK>.pkl`` (the pickled exception chain, the traceback text,
-the time), prints the traceback to its stderr and exits with code 1. The files are written
+raises prints the traceback to its stderr, writes ``WORKDIR/error-<RANK>.pkl`` (the pickled
+exception chain, the traceback text, the time) and exits with code 1. The files are written
 under a temporary name and renamed, so the parent never reads half of one.
 
 A rank never outlives the process that started it: a watcher thread notices when the parent
-is gone (the parent pid is no longer ours), sends this process SIGTERM (a running ``fit``
-saves its logs on it) and, if it is still alive ``PARENT_GONE_GRACE_S`` later, kills its
-whole process group (the rank and any helper processes it started).
+is gone (the parent pid is no longer ours), removes ``WORKDIR``, sends this process SIGTERM
+(a running ``fit`` saves its logs on it) and, if it is still alive ``PARENT_GONE_GRACE_S``
+later, kills its whole process group (the rank and any helper processes it started).
 
 This module imports only the standard library and ``launch``; torch is imported only if the
 function needs it.
 """
 import os
 import pickle
+import shutil
 import signal
 import sys
 import threading
@@ -33,7 +34,7 @@ CHAIN_LIMIT = 16  # links of a __cause__/__context__ chain that are sent back
 
 def main(argv):
     workdir, rank, parent_pid = argv[0], int(argv[1]), int(argv[2])
-    _watch_parent(parent_pid)
+    _watch_parent(parent_pid, workdir)
     try:
         with open(os.path.join(workdir, PAYLOAD_FILE), 'rb') as file:
             payload = pickle.load(file)
@@ -46,9 +47,9 @@ def main(argv):
     except SystemExit:
         raise  # sys.exit(code) in the function: the exit code tells the parent
     except BaseException as exc:
-        _write_atomic(report_path(workdir, rank), _report(exc))
-        traceback.print_exc()
+        traceback.print_exc()  # first, so the log holds it before the parent reacts
         _flush()
+        _write_atomic(report_path(workdir, rank), _report(exc))
         _exit_within(SHUTDOWN_GRACE_S, 1)
         sys.exit(1)
     _flush()
@@ -116,10 +117,12 @@ def _exit_within(seconds, code):
     threading.Thread(target=force, name='pl-exit-guard', daemon=True).start()
 
 
-def _watch_parent(parent_pid):
+def _watch_parent(parent_pid, workdir):
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(PARENT_CHECK_S)
+        # nobody reads the files any more, and the dead parent cannot remove its folder
+        shutil.rmtree(workdir, ignore_errors=True)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(PARENT_GONE_GRACE_S)
         if os.getpgid(0) == os.getpid():  # our own group (spawn_ranks starts one per rank)

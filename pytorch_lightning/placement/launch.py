@@ -246,8 +246,8 @@ def parse_slurm_nodelist(text):
         if not item:
             raise ValueError(f'empty host name in {text!r}')
         names = ['']
-        for literal, group in re.findall(r'([^\[\]]*)(?:\[([^\[\]]*)\])?', item):
-            suffixes = [literal + value for value in _expand_group(group, text)] \
+        for literal, group in re.findall(r'([^\[\]]*)(\[[^\[\]]*\])?', item):
+            suffixes = [literal + value for value in _expand_group(group[1:-1], text)] \
                 if group else [literal]
             names = [name + suffix for name in names for suffix in suffixes]
         hosts += names
@@ -471,8 +471,8 @@ class _Ranks:
         """SIGTERM to the ranks still running, SIGKILL to every rank's process group after
         ``TERMINATE_GRACE_S``, then reap them all."""
         try:
-            if self._signal_running(signal.SIGTERM):
-                self._wait_exit(TERMINATE_GRACE_S)
+            self._signal_running(signal.SIGTERM)
+            self._wait_exit(TERMINATE_GRACE_S)
         finally:
             for proc in self.procs:
                 try:
@@ -483,7 +483,10 @@ class _Ranks:
                 proc.wait(timeout=TERMINATE_GRACE_S)
 
     def _signal_running(self, signum):
-        running = [rank for rank in range(self.nprocs) if self.exit_code(rank) is None]
+        # a rank that wrote its exception report is exiting by itself: no signal, so its
+        # exit code stays its own
+        running = [rank for rank in range(self.nprocs)
+                   if self.exit_code(rank) is None and self._report(rank) is None]
         for rank in running:
             try:
                 os.kill(self.procs[rank].pid, signum)
