@@ -323,6 +323,25 @@ def test_os_exit_names_rank_and_code_and_leaves_no_process(tmp_path):
     assert not [pid for pid in pids if running(pid)]
 
 
+def test_the_first_rank_to_fail_is_named_not_the_one_it_took_down(tmp_path):
+    """Rank 0 raises right after rank 1 is gone, as a collective with a dead peer does; the
+    parent often sees both at once, and must still name rank 1."""
+    def exit_then_fail():
+        write_pid(tmp_path)
+        if not wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
+            return
+        if os.environ['RANK'] == '1':
+            os._exit(3)
+        peer = int((tmp_path / 'pid-1').read_text())
+        end = time.monotonic() + 60
+        while running(peer) and time.monotonic() < end:
+            time.sleep(0.001)
+        raise ConnectionError('rank 1 is gone')
+
+    with pytest.raises(RankFailedError, match='Rank 1 of 2 exited with code 3'):
+        spawn_ranks(exit_then_fail, 2, timeout_s=LIMIT_S)
+
+
 def test_sigkill_names_the_signal():
     def kill_rank_one():
         if os.environ['RANK'] == '1':

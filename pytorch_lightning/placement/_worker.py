@@ -47,16 +47,17 @@ def main(argv):
     except SystemExit:
         raise  # sys.exit(code) in the function: the exit code tells the parent
     except BaseException as exc:
+        failed_at = time.time()
         traceback.print_exc()  # first, so the log holds it before the parent reacts
         _flush()
-        _write_atomic(report_path(workdir, rank), _report(exc))
+        _write_atomic(report_path(workdir, rank), _report(exc, failed_at))
         _exit_within(SHUTDOWN_GRACE_S, 1)
         sys.exit(1)
     _flush()
     _exit_within(SHUTDOWN_GRACE_S, 0)
 
 
-def _report(exc):
+def _report(exc, failed_at):
     import cloudpickle
     chain, seen, current = [], set(), exc
     while current is not None and id(current) not in seen and len(chain) < CHAIN_LIMIT:
@@ -72,7 +73,7 @@ def _report(exc):
         chain.append({'pickled': pickled, 'type': _type_name(current),
                       'message': _message(current), 'next': link})
         current = following
-    return pickle.dumps({'chain': chain, 'failed_at': time.time(),
+    return pickle.dumps({'chain': chain, 'failed_at': failed_at,
                          'traceback': ''.join(traceback.format_exception(
                              type(exc), exc, exc.__traceback__))})
 

@@ -393,8 +393,10 @@ class _Ranks:
     def __init__(self, workdir, nprocs, port):
         self.workdir, self.nprocs, self.port = workdir, nprocs, port
         self.procs = []
+        self.looked_at = None  # when watch last looked at the ranks (time.time())
 
     def start(self):
+        self.looked_at = time.time()
         base = dict(os.environ)
         path = base.get('PYTHONPATH')
         # the children must import this package even when the parent found it through a
@@ -440,7 +442,10 @@ class _Ranks:
             time.sleep(POLL_S)
 
     def _first_failure(self):
-        now = time.time()
+        # A rank that exited without a report failed after the previous look and before this
+        # one; it counts as failing at the previous look, so that when it takes the others
+        # down with it (their collectives raise) within one interval, it is still named.
+        previous, self.looked_at = self.looked_at, time.time()
         failures = []
         for rank in range(self.nprocs):
             code = self.exit_code(rank)
@@ -448,7 +453,7 @@ class _Ranks:
             if report is not None:
                 failures.append((report['failed_at'], rank))
             elif code not in (None, 0):
-                failures.append((now, rank))
+                failures.append((previous, rank))
         return min(failures)[1] if failures else None
 
     def _report(self, rank):
