@@ -419,6 +419,29 @@ def test_ctrl_c_interrupts_the_ranks_and_is_reraised(tmp_path):
     assert not [pid for pid in pids_in(tmp_path) if running(pid)]
 
 
+def test_sigusr1_is_passed_on_to_the_ranks(tmp_path):
+    """SLURM's preemption warning may reach only the launching process."""
+    def wait_for_sigusr1():
+        marker = tmp_path / f'usr1-{os.environ["RANK"]}'
+        signal.signal(signal.SIGUSR1, lambda signum, frame: marker.write_text('yes'))
+        write_pid(tmp_path)
+        return wait_for([marker])
+
+    def send_sigusr1():
+        if wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    sender = threading.Thread(target=send_sigusr1)
+    sender.start()
+    try:
+        assert spawn_ranks(wait_for_sigusr1, 2, timeout_s=LIMIT_S) is True
+    finally:
+        sender.join(timeout=LIMIT_S)
+    assert (tmp_path / 'usr1-1').read_text() == 'yes'
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
 SCRIPT = """
 import os, sys, time
 from pytorch_lightning.placement.launch import spawn_ranks

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from ..exceptions import MisconfigurationException
@@ -31,6 +32,7 @@ from ..exceptions import MisconfigurationException
 POLL_S = 0.05  # how often the parent looks at its children
 TERMINATE_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 INTERRUPT_GRACE_S = 15.0  # after Ctrl-C: how long the children get to save their logs
+FORWARDED_SIGNALS = (signal.SIGUSR1,)  # passed on to the ranks while spawn_ranks waits
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 10000, 20000  # below Linux's ephemeral ports (32768+)
 
 PAYLOAD_FILE = 'payload.pkl'
@@ -317,9 +319,12 @@ def spawn_ranks(fn, nprocs, timeout_s=None, master_port=None):
     result from rank 0). ``timeout_s`` (``None``: none) bounds the whole run; past it every rank
     is stopped and ``TimeoutError`` is raised. Ctrl-C (``KeyboardInterrupt``) is passed on to
     the children as SIGINT; they get ``INTERRUPT_GRACE_S`` to finish (a second Ctrl-C ends the
-    wait), then the leftovers are killed and the interrupt is re-raised. Each child runs in a
-    process group of its own, and every group is killed before this call returns or raises,
-    so no process is left behind, helpers the ranks started included."""
+    wait), then the leftovers are killed and the interrupt is re-raised. SIGUSR1 (SLURM's
+    preemption warning) is passed on to the children while this call runs (when it runs in the
+    main thread), instead of ending this process. Each child runs in a process group (and
+    session) of its own, so a terminal's Ctrl-C reaches it only through this process; every
+    group is killed before this call returns or raises, so no process is left behind, helpers
+    the ranks started included."""
     _check_spawn_arguments(nprocs, timeout_s, master_port)
     port = master_port or (_port_var(os.environ, 'MASTER_PORT') if os.environ.get('MASTER_PORT')
                            else free_port())
@@ -336,6 +341,7 @@ def spawn_ranks(fn, nprocs, timeout_s=None, master_port=None):
         with open(os.path.join(workdir, PAYLOAD_FILE), 'wb') as file:
             pickle.dump({'sys_path': list(sys.path), 'function': function}, file)
         ranks = _Ranks(workdir, nprocs, port)
+        forwarding = _forward_signals(FORWARDED_SIGNALS, ranks)
         try:
             ranks.start()
             failed = ranks.watch(deadline, timeout_s)
@@ -343,13 +349,33 @@ def spawn_ranks(fn, nprocs, timeout_s=None, master_port=None):
             ranks.interrupt()
             raise
         finally:
-            ranks.stop()
+            try:
+                ranks.stop()
+            finally:
+                _restore_signals(forwarding)
         error = ranks.error(failed) if failed is not None else None
         if error is None:
             result = _read_result(workdir, nprocs)
     if error is not None:
         raise error
     return result
+
+
+def _forward_signals(signums, ranks):
+    """Pass ``signums`` on to the running ranks from now on; returns the handlers to restore
+    (none outside the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in signums:
+        previous[signum] = signal.signal(signum, lambda number, frame: ranks.send(number))
+    return previous
+
+
+def _restore_signals(previous):
+    for signum, handler in previous.items():
+        # None: a handler set outside Python, which cannot be put back; the default then
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _check_spawn_arguments(nprocs, timeout_s, master_port):
@@ -433,7 +459,7 @@ class _Ranks:
             failed = self._first_failure()
             if failed is not None:
                 return failed
-            if all(self.exit_code(rank) == 0 for rank in range(self.nprocs)):
+            if all(self.exit_code(rank) == 0 for rank in range(len(self.procs))):
                 return None
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
@@ -447,7 +473,7 @@ class _Ranks:
         # down with it (their collectives raise) within one interval, it is still named.
         previous, self.looked_at = self.looked_at, time.time()
         failures = []
-        for rank in range(self.nprocs):
+        for rank in range(len(self.procs)):
             code = self.exit_code(rank)
             report = self._report(rank)
             if report is not None:
@@ -466,7 +492,7 @@ class _Ranks:
     def interrupt(self):
         """Ctrl-C: SIGINT to every running rank, then wait up to ``INTERRUPT_GRACE_S`` for them
         to exit (a second Ctrl-C stops the wait)."""
-        self._signal_running(signal.SIGINT)
+        self.send(signal.SIGINT)
         try:
             self._wait_exit(INTERRUPT_GRACE_S)
         except KeyboardInterrupt:
@@ -476,7 +502,7 @@ class _Ranks:
         """SIGTERM to the ranks still running, SIGKILL to every rank's process group after
         ``TERMINATE_GRACE_S``, then reap them all."""
         try:
-            self._signal_running(signal.SIGTERM)
+            self.send(signal.SIGTERM)
             self._wait_exit(TERMINATE_GRACE_S)
         finally:
             for proc in self.procs:
@@ -487,10 +513,11 @@ class _Ranks:
             for proc in self.procs:
                 proc.wait(timeout=TERMINATE_GRACE_S)
 
-    def _signal_running(self, signum):
+    def send(self, signum):
+        """Send ``signum`` to every started rank still running; returns their ranks."""
         # a rank that wrote its exception report is exiting by itself: no signal, so its
         # exit code stays its own
-        running = [rank for rank in range(self.nprocs)
+        running = [rank for rank in range(len(self.procs))
                    if self.exit_code(rank) is None and self._report(rank) is None]
         for rank in running:
             try:
@@ -502,7 +529,7 @@ class _Ranks:
     def _wait_exit(self, seconds):
         end = time.monotonic() + seconds
         while time.monotonic() < end and any(
-                self.exit_code(rank) is None for rank in range(self.nprocs)):
+                self.exit_code(rank) is None for rank in range(len(self.procs))):
             time.sleep(POLL_S)
 
     def error(self, rank):
