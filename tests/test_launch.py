@@ -419,13 +419,16 @@ def test_ctrl_c_interrupts_the_ranks_and_is_reraised(tmp_path):
     assert not [pid for pid in pids_in(tmp_path) if running(pid)]
 
 
-def test_sigusr1_is_passed_on_to_the_ranks(tmp_path):
-    """SLURM's preemption warning may reach only the launching process."""
+def test_sigusr1_is_passed_on_and_sigint_is_armed_in_the_ranks(tmp_path):
+    """SLURM's preemption warning may reach only the launching process. A launching process
+    started in the background by a shell ignores SIGINT, and its children would inherit
+    that; the ranks still take the SIGINT that passes on Ctrl-C."""
     def wait_for_sigusr1():
+        sigint_armed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
         marker = tmp_path / f'usr1-{os.environ["RANK"]}'
         signal.signal(signal.SIGUSR1, lambda signum, frame: marker.write_text('yes'))
         write_pid(tmp_path)
-        return wait_for([marker])
+        return wait_for([marker]), sigint_armed
 
     def send_sigusr1():
         if wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
@@ -434,9 +437,11 @@ def test_sigusr1_is_passed_on_to_the_ranks(tmp_path):
     before = signal.getsignal(signal.SIGUSR1)
     sender = threading.Thread(target=send_sigusr1)
     sender.start()
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        assert spawn_ranks(wait_for_sigusr1, 2, timeout_s=LIMIT_S) is True
+        assert spawn_ranks(wait_for_sigusr1, 2, timeout_s=LIMIT_S) == (True, True)
     finally:
+        signal.signal(signal.SIGINT, sigint)
         sender.join(timeout=LIMIT_S)
     assert (tmp_path / 'usr1-1').read_text() == 'yes'
     assert signal.getsignal(signal.SIGUSR1) is before

@@ -35,6 +35,9 @@ CHAIN_LIMIT = 16  # links of a __cause__/__context__ chain that are sent back
 def main(argv):
     workdir, rank, parent_pid = argv[0], int(argv[1]), int(argv[2])
     _watch_parent(parent_pid, workdir)
+    # the parent's Ctrl-C arrives as SIGINT from the parent (this rank has a session of its
+    # own); a shell that started the parent in the background left SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with open(os.path.join(workdir, PAYLOAD_FILE), 'rb') as file:
             payload = pickle.load(file)
