@@ -449,6 +449,7 @@ def test_sigusr1_is_passed_on_and_sigint_is_armed_in_the_ranks(tmp_path):
 
 SCRIPT = """
 import os, sys, time
+sys.path.insert(0, sys.argv[3])  # as a notebook finds a checkout: not through PYTHONPATH
 from pytorch_lightning.placement.launch import spawn_ranks
 
 folder, mode = sys.argv[1], sys.argv[2]
@@ -466,28 +467,31 @@ def work():
         file.write(str(os.getpid()))
     if mode == 'hang':
         time.sleep(600)
-    return Point(int(os.environ['RANK']))
+    return Point(int(os.environ['RANK'])), sys.modules['pytorch_lightning'].__file__
 
 
-result = spawn_ranks(work, 2, timeout_s=300)
-print('result', type(result) is Point, result.rank)
+result, package = spawn_ranks(work, 2, timeout_s=300)
+same = package == sys.modules['pytorch_lightning'].__file__
+print('result', type(result) is Point, result.rank, 'same package' if same else package)
 """
 
 
 def run_script(tmp_path, mode):
     script = tmp_path / 'train.py'
     script.write_text(textwrap.dedent(SCRIPT))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
     # output to a file: a pipe would stay open as long as any rank lives
     with open(tmp_path / 'out.txt', 'w') as out:
-        return subprocess.Popen([sys.executable, str(script), str(tmp_path), mode], env=env,
-                                stdout=out, cwd=tmp_path)
+        return subprocess.Popen([sys.executable, str(script), str(tmp_path), mode, str(REPO)],
+                                env=env, stdout=out, cwd=tmp_path)
 
 
 def test_a_script_is_not_run_again_in_the_ranks_and_its_classes_travel(tmp_path):
+    """The script finds this checkout through sys.path only (as a notebook does)."""
     proc = run_script(tmp_path, 'return')
     assert proc.wait(timeout=LIMIT_S) == 0
-    assert (tmp_path / 'out.txt').read_text().strip() == 'result True 0'
+    # the ranks import the parent's copy of the package, not another installed one
+    assert (tmp_path / 'out.txt').read_text().strip() == 'result True 0 same package'
     assert (tmp_path / 'script-runs').read_text() == 'run\n'
 
 

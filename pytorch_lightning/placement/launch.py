@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -404,6 +405,13 @@ def _read_result(workdir, nprocs):
         return pickle.load(file)
 
 
+def _installed():
+    """Whether this package lies in a site-packages folder, which every interpreter searches.
+    (Putting such a folder on PYTHONPATH would rank it before the standard library.)"""
+    sites = site.getsitepackages() + [site.getusersitepackages()]
+    return os.path.realpath(_PACKAGE_ROOT) in {os.path.realpath(path) for path in sites}
+
+
 def report_path(workdir, rank):
     """Where rank ``rank`` writes its exception report."""
     return os.path.join(workdir, f'error-{rank}.pkl')
@@ -424,11 +432,12 @@ class _Ranks:
     def start(self):
         self.looked_at = time.time()
         base = dict(os.environ)
-        path = base.get('PYTHONPATH')
-        # the children must import this package even when the parent found it through a
-        # sys.path entry that is not in PYTHONPATH; the parent's whole sys.path follows in the
-        # payload, before the function is unpickled
-        base['PYTHONPATH'] = _PACKAGE_ROOT + (os.pathsep + path if path else '')
+        if not _installed():
+            # a checkout found through sys.path (a notebook's sys.path.insert, a script run
+            # from the checkout): the children must import this package before they can read
+            # the payload, which brings the parent's whole sys.path
+            path = base.get('PYTHONPATH')
+            base['PYTHONPATH'] = _PACKAGE_ROOT + (os.pathsep + path if path else '')
         base.update(WORLD_SIZE=str(self.nprocs), LOCAL_WORLD_SIZE=str(self.nprocs),
                     GROUP_RANK='0', NODE_RANK='0', MASTER_ADDR='127.0.0.1',
                     MASTER_PORT=str(self.port), PL_SPAWNED='1')
