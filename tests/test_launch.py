@@ -2,6 +2,7 @@
 lists, and spawn_ranks with its failure paths (a raising rank, os._exit, SIGKILL, no result,
 Ctrl-C, a timeout, a dead parent). Each spawn starts fresh interpreters (about a second each)."""
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -324,18 +325,24 @@ def test_os_exit_names_rank_and_code_and_leaves_no_process(tmp_path):
 
 
 def test_the_first_rank_to_fail_is_named_not_the_one_it_took_down(tmp_path):
-    """Rank 0 raises right after rank 1 is gone, as a collective with a dead peer does; the
-    parent often sees both at once, and must still name rank 1."""
+    """Rank 0 raises as soon as rank 1's files are closed by its exit, as a collective whose
+    peer's socket closes does; the parent often sees both at once, and must name rank 1."""
     def exit_then_fail():
-        write_pid(tmp_path)
-        if not wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
-            return
-        if os.environ['RANK'] == '1':
-            os._exit(3)
-        peer = int((tmp_path / 'pid-1').read_text())
-        end = time.monotonic() + 60
-        while running(peer) and time.monotonic() < end:
-            time.sleep(0.001)
+        with open(tmp_path / 'held-by-rank-1', 'a') as held:
+            if os.environ['RANK'] == '1':
+                fcntl.flock(held, fcntl.LOCK_EX)
+            write_pid(tmp_path)
+            if not wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
+                return
+            if os.environ['RANK'] == '1':
+                os._exit(3)
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.001)
         raise ConnectionError('rank 1 is gone')
 
     with pytest.raises(RankFailedError, match='Rank 1 of 2 exited with code 3'):
