@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pytorch_lightning.exceptions import MisconfigurationException
+from pytorch_lightning.placement import launch
 from pytorch_lightning.placement.launch import (ClusterEnvironment, RankFailedError,
                                                 detect_environment, free_port,
                                                 parse_slurm_nodelist, spawn_ranks)
@@ -411,8 +412,16 @@ def test_timeout_stops_every_rank(tmp_path):
     assert not still_running(pids_in(tmp_path))
 
 
-def test_ctrl_c_interrupts_the_ranks_and_is_reraised(tmp_path):
+def test_ctrl_c_interrupts_the_ranks_and_is_reraised(tmp_path, monkeypatch):
+    """Rank 0 stops on the SIGINT; rank 1 ignores it and is killed after the grace period
+    (with SIGKILL straight away: no SIGTERM after an interrupt)."""
+    monkeypatch.setattr(launch, 'INTERRUPT_GRACE_S', 2)
+
     def wait_for_ctrl_c():
+        rank = os.environ['RANK']
+        if rank == '1':
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, lambda *_: (tmp_path / 'sigterm-1').write_text('yes'))
         write_pid(tmp_path)
         try:
             time.sleep(600)
@@ -435,7 +444,8 @@ def test_ctrl_c_interrupts_the_ranks_and_is_reraised(tmp_path):
     finally:
         signal.signal(signal.SIGINT, previous)
         presser.join(timeout=LIMIT_S)
-    assert (tmp_path / 'interrupted-0').exists() and (tmp_path / 'interrupted-1').exists()
+    assert (tmp_path / 'interrupted-0').exists()
+    assert not (tmp_path / 'interrupted-1').exists() and not (tmp_path / 'sigterm-1').exists()
     assert not still_running(pids_in(tmp_path))
 
 

@@ -48,8 +48,8 @@ class RankFailedError(RuntimeError):
     handing back rank 0's result, or raised an exception that cannot be rebuilt in this process.
 
     ``rank`` is the failing rank, ``exitcode`` its exit code (negative: killed by that signal;
-    ``None`` if it was still running), ``child_traceback`` the traceback text it printed, if it
-    raised."""
+    ``None`` when unknown), ``child_traceback`` the traceback text it printed if it raised,
+    else ``None``."""
 
     def __init__(self, message, rank=None, exitcode=None, child_traceback=None):
         super().__init__(message)
@@ -428,6 +428,7 @@ class _Ranks:
         self.workdir, self.nprocs, self.port = workdir, nprocs, port
         self.procs = []
         self.looked_at = None  # when watch last looked at the ranks (time.time())
+        self.interrupted = False
 
     def start(self):
         self.looked_at = time.time()
@@ -500,7 +501,8 @@ class _Ranks:
 
     def interrupt(self):
         """Ctrl-C: SIGINT to every running rank, then wait up to ``INTERRUPT_GRACE_S`` for them
-        to exit (a second Ctrl-C stops the wait)."""
+        to exit (a second Ctrl-C stops the wait); ``stop`` then kills the rest at once."""
+        self.interrupted = True
         self.send(signal.SIGINT)
         try:
             self._wait_exit(INTERRUPT_GRACE_S)
@@ -508,11 +510,13 @@ class _Ranks:
             pass  # the user insists: stop() kills them now
 
     def stop(self):
-        """SIGTERM to the ranks still running, SIGKILL to every rank's process group after
-        ``TERMINATE_GRACE_S``, then reap them all."""
+        """SIGTERM to the ranks still running (not after an interrupt: they had their
+        chance), SIGKILL to every rank's process group after ``TERMINATE_GRACE_S``, then reap
+        them all."""
         try:
-            self.send(signal.SIGTERM)
-            self._wait_exit(TERMINATE_GRACE_S)
+            if not self.interrupted:
+                self.send(signal.SIGTERM)
+                self._wait_exit(TERMINATE_GRACE_S)
         finally:
             for proc in self.procs:
                 try:
