@@ -14,6 +14,7 @@ or starts the processes of one and takes rank 0's result back. A mixin, so the l
   (optimizers, callbacks, metrics), as after a one-process fit.
 """
 import functools
+import os
 import pickle
 
 import torch
@@ -156,13 +157,17 @@ class DistributedMixin:
 class _RankFit:
     """The fit one spawned process runs: a trainer built from the same arguments, the
     launching process's random state (so a seed set before ``fit`` holds in every rank), then
-    ``fit``; rank 0 returns its result."""
+    ``fit``; rank 0 returns its result. Unless ``OMP_NUM_THREADS`` is set, each rank uses
+    the machine's cores divided by the ranks on it as torch threads."""
 
     def __init__(self, trainer_class, args, model, rng, seed):
         self.trainer_class, self.args, self.model = trainer_class, args, model
         self.rng, self.seed = rng, seed
 
     def __call__(self):
+        if 'OMP_NUM_THREADS' not in os.environ:  # share the cores, as torchrun does
+            per_node = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
         torch.manual_seed(self.seed)  # torch.initial_seed() as in the launching process
         checkpoint_io.restore_rng(self.rng)
         trainer = self.trainer_class(**self.args)

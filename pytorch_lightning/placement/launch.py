@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from ..exceptions import MisconfigurationException
+from ..exceptions import MisconfigurationException, RankFailedError  # noqa: F401 (re-exported)
 
 POLL_S = 0.05  # how often the parent looks at its children
 TERMINATE_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
@@ -40,22 +40,6 @@ PAYLOAD_FILE = 'payload.pkl'
 RESULT_FILE = 'result.pkl'
 WORKER_MODULE = 'pytorch_lightning.placement._worker'
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class RankFailedError(RuntimeError):
-    """A spawned rank failed and its own exception cannot be re-raised: it exited with a
-    non-zero code (``os._exit``, a crash in native code), was killed by a signal, exited without
-    handing back rank 0's result, or raised an exception that cannot be rebuilt in this process.
-
-    ``rank`` is the failing rank, ``exitcode`` its exit code (negative: killed by that signal;
-    ``None`` when unknown), ``child_traceback`` the traceback text it printed if it raised,
-    else ``None``."""
-
-    def __init__(self, message, rank=None, exitcode=None, child_traceback=None):
-        super().__init__(message)
-        self.rank = rank
-        self.exitcode = exitcode
-        self.child_traceback = child_traceback
 
 
 @dataclasses.dataclass
