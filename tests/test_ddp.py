@@ -5,6 +5,7 @@ Every test here starts real processes (a few seconds each)."""
 import copy
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -132,10 +133,14 @@ def test_several_optimizers_and_accumulation_match_one_process(tmp_path):
     reference = copy.deepcopy(model)
     reference.batch_size = 16
     one_process_trainer(tmp_path / 'one', accumulate_grad_batches=2).fit(reference)
-    ddp_trainer(tmp_path / 'ddp', accumulate_grad_batches=2).fit(model)
+    trainer = ddp_trainer(tmp_path / 'ddp', accumulate_grad_batches=2)
+    trainer.fit(model)
     assert_same_weights(model, reference)
-    assert model.trainer is None or True  # the model pickles after a fit (trainer left out)
-    copy.deepcopy(model)
+    # the model pickles after a fit (a second DDP fit sends it again): without its trainer
+    assert model.trainer is trainer
+    clone = pickle.loads(pickle.dumps(model))
+    assert 'trainer' not in vars(clone) and 'experiment' not in vars(clone)
+    assert_same_weights(clone, model, atol=0)
 
 
 def test_fit_twice_is_two_runs(tmp_path):
@@ -317,6 +322,9 @@ def test_a_simulated_slurm_job_with_two_tasks(tmp_path):
     assert result['version'] == 4242 and result['world_size'] == 2
     assert sorted(os.listdir(tmp_path / 'lightning_logs')) == ['version_4242']
     assert_ranks_agree(tmp_path)
+    # one process wrote the logs: TensorBoard files are named after their writer's pid
+    events = os.listdir(tmp_path / 'lightning_logs' / 'version_4242' / 'tf')
+    assert events and len({name.split('.')[-2] for name in events}) == 1
 
 
 def test_sigusr1_round_trip_under_ddp(tmp_path):
