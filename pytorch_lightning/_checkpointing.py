@@ -175,10 +175,15 @@ class CheckpointingMixin:
 
     def _decide(self):
         """A decision point (fixed by the batch count, never by time): preempt if SIGUSR1
-        arrived on any rank, and stop (``state.should_stop``) if any rank wants to."""
+        arrived on any rank, and stop (``state.should_stop``) if any rank wants to. With
+        several ranks the pending NaN flag is agreed in the same all-reduce (raised first)."""
         preemption = self._preemption
-        preempt, stop = self.world.agree(preemption is not None and preemption.requested,
-                                         self.state.should_stop)
+        wants = (preemption is not None and preemption.requested, self.state.should_stop)
+        if self._flag_in_reads or self._nonfinite is None:
+            preempt, stop = self.world.agree(*wants)
+        else:
+            preempt, stop, nonfinite = self.world.agree(*wants, self._nonfinite)
+            self._settle_nonfinite(nonfinite)
         if preempt:
             self._preempt()
         self.state.should_stop = stop

@@ -603,7 +603,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             state.total_batches += 1
             for fn in batch_end:  # a log row here reads the NaN flag with its numbers
                 fn()
-            if (self._nonfinite is not None
+            if (self._nonfinite is not None and self._flag_in_reads  # DDP: at decision points
                     and state.total_batches - self._checked_upto >= check_every):
                 self.check_finite_losses()
             validated = val_every and (batch_idx + 1) % val_every == 0
@@ -769,9 +769,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         if self._flag_in_reads:
             self.read_numbers({})
             return
-        flag, self._nonfinite = self._nonfinite, None  # several ranks: all raise together
+        self._settle_nonfinite(self.world.agree(self._nonfinite)[0])
+
+    def _settle_nonfinite(self, bad):
+        """Several ranks: the NaN flag was agreed (``bad``: set on some rank); every rank
+        raises together."""
         since, self._checked_upto = self._checked_upto, self.state.total_batches
-        if self.world.agree(flag)[0]:
+        self._nonfinite = None
+        if bad:
             self._raise_nonfinite(float('nan'), f'on at least one of the {self.world.world_size} '
                                   f'ranks in training batches {since}..'
                                   f'{self.state.total_batches - 1} of the run (counted from 0; '

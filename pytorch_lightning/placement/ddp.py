@@ -8,6 +8,7 @@ GPUs. Launching (torchrun, ``srun``, or ``fit`` starting the processes itself) i
 """
 import atexit
 import datetime
+import gc
 from contextlib import nullcontext
 
 import torch
@@ -83,7 +84,7 @@ class DistributedWorld:
         the end of a process that was started for one fit."""
         if dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
+            _destroy_group()
 
     def reduce_gradients(self, params):
         """Average the ``.grad`` of ``params`` over the ranks (a window DDP did not sync)."""
@@ -99,6 +100,9 @@ class DistributedWorld:
 
 def _destroy_group():
     if dist.is_initialized():
+        # a DDP wrapper still alive (in a reference cycle) when the group goes makes the
+        # process abort at exit ("terminate called without an active exception")
+        gc.collect()
         dist.destroy_process_group()
 
 
