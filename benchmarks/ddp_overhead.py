@@ -3,8 +3,8 @@
 
 Run from the repository root::
 
-    python benchmarks/ddp_overhead.py            # 1 warm-up round + 4 timed rounds (~5 min)
-    python benchmarks/ddp_overhead.py --quick    # 1 warm-up round + 2 timed rounds
+    python benchmarks/ddp_overhead.py            # 1 warm-up round + 4 timed rounds (~4 min)
+    python benchmarks/ddp_overhead.py --quick    # 1 warm-up round + 2 timed rounds (~2.5 min)
     python benchmarks/ddp_overhead.py --only tiny --only aa    # some parts only
 
 Both sides train on CPU processes with gloo: ``fit`` starts its ranks itself (fresh
@@ -14,7 +14,8 @@ interpreters, ``placement/launch.py``); the hand side starts its ranks with
 same model (seeded the same way), the same data (built inside each rank from a seed), the same
 ``DistributedSampler`` (shuffle, seed, per-process batch size), Adam, one epoch, no validation.
 ``OMP_NUM_THREADS`` (``--threads``, default 1) is set for every process of both sides, so 2
-processes fit the 2 cores of the project's machine; each rank reports the thread count it had.
+processes fit the 2 cores of the project's machine; rank 0 of each run reports the thread count
+it had.
 
 Every rank stamps ``time.perf_counter()`` when each training batch starts (the Trainer side from
 a callback's ``on_batch_start``, the hand side at the top of its loop body; both after the batch
@@ -172,7 +173,8 @@ def hand_worker(rank, cfg, nprocs, port, stamps_path, weights_path):
             torch.save(model.state_dict(), weights_path)
     # The DDP wrapper is a reference cycle: freed only by the garbage collector, it may still
     # be alive when the group is destroyed, and torch then sometimes aborts the process at exit
-    # ("terminate called without an active exception"; about 1 exit in 5 on the 2-core VM).
+    # ("terminate called without an active exception"; without these two lines, 10 of 30 runs
+    # of this loop had a rank killed by SIGABRT on the 2-core VM, with them none of 30).
     del ddp
     gc.collect()
     dist.barrier()
@@ -375,11 +377,14 @@ def bench_variant(name, rounds, work_dir, show):
                 target=None if cfg['trainer'] is None else TARGET)
 
 
-def bench_single(rounds, work_dir, show):
-    """The Trainer on the big model with one process (num_processes=1, 'ddp')."""
+def bench_single(rounds, work_dir, show, warm_up):
+    """The Trainer on the big model with one process (num_processes=1, 'ddp'); ``warm_up``: run
+    once more first, untimed (when nothing ran before, to fill the bytecode cache)."""
     cfg = dict(VARIANTS['big'], trainer=BARE)
     print(f"\n[big-1] compute-bound MLP, Trainer(distributed_backend='ddp', num_processes=1), "
           f"{cfg['steps']} steps (load average {os.getloadavg()[0]:.2f})", flush=True)
+    if warm_up:
+        run_side('trainer', cfg, 1, work_dir, 'big1-0', show=show)
     runs = []
     for rnd in range(1, rounds + 1):
         got = run_side('trainer', cfg, 1, work_dir, f'big1-{rnd}', show=show)
@@ -390,6 +395,10 @@ def bench_single(rounds, work_dir, show):
 
 
 # ---------------------------------------------------------------------------- report
+def _spread(values):
+    return f"{statistics.median(values):6.2f}  [{min(values):.2f}-{max(values):.2f}]"
+
+
 def med(runs, key):
     return statistics.median(r[key] for r in runs)
 
@@ -421,13 +430,20 @@ def report(results, single, rounds):
             print(f"{line}{r['target']:7.2f}x  {'PASS' if ratio <= r['target'] else 'FAIL'}")
 
         print("\n2. launch call to the first training batch on rank 0, seconds (median over "
-              "rounds [min-max])")
+              "the timed rounds [min-max]; the warm-up round, which fills the bytecode cache, "
+              "is left out)")
+        pooled = {}
         for r in results:
             for side in r['sides']:
                 starts = [x['start_s'] for x in r['runs'][side]]
                 label = 'trainer.fit' if side == 'trainer' else 'hand: start_processes'
-                print(f"  {r['name']:15}{label:24}{statistics.median(starts):6.2f}  "
-                      f"[{min(starts):.2f}-{max(starts):.2f}]")
+                print(f"  {r['name']:15}{label:30}{_spread(starts)}")
+                kind = ('hand, all variants' if side != 'trainer' else
+                        'trainer.fit, defaults' if r['name'] == 'tiny-defaults' else
+                        "trainer.fit, 'off' settings")
+                pooled.setdefault(kind, []).extend(starts)
+        for kind, starts in pooled.items():
+            print(f"  {'pooled':15}{kind:30}{_spread(starts)}  ({len(starts)} runs)")
 
         latencies = [run['allreduce_s'] for r in results for side in r['sides']
                      for run in r['runs'][side] if run['allreduce_s'] is not None]
@@ -501,7 +517,7 @@ def main(argv=None):
             if name in parts:
                 results.append(bench_variant(name, rounds, work_dir, args.show_output))
         if 'big-1' in parts:
-            single = bench_single(rounds, work_dir, args.show_output)
+            single = bench_single(rounds, work_dir, args.show_output, warm_up=not results)
     return report(results, single, rounds)
 
 
