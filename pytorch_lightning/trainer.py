@@ -20,8 +20,8 @@ from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
-from .data import (distributed_loader, find_loader_attr, get_loader, get_loaders,
-                   limited_batches, make_resumable)
+from .data import (distributed_loader, find_loader_attr, get_loader, limited_batches,
+                   make_resumable)
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers

@@ -147,7 +147,7 @@ def main(argv=None):
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--shuffle', action='store_true')
-    parser.add_argument('--event', default=None, help='rank,batch,what')
+    parser.add_argument('--inject', default=None, help='rank,batch,what: see Regression')
     parser.add_argument('--every-n-steps', type=int, default=None)
     parser.add_argument('--resume', default=None)
     parser.add_argument('--test', action='store_true')
@@ -156,8 +156,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     event = None
-    if args.event:
-        rank, at, what = args.event.split(',')
+    if args.inject:
+        rank, at, what = args.inject.split(',')
         event = (int(rank), int(at), what)
     model = Regression(batch_size=args.batch_size, shuffle=args.shuffle, event=event,
                        workers=args.workers, noise=args.noise)

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from pytorch_lightning import MisconfigurationException, NonFiniteLossError, Trainer
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.exceptions import RankFailedError
 from pytorch_lightning.placement.launch import free_port
 
@@ -337,7 +337,7 @@ def test_sigusr1_round_trip_under_ddp(tmp_path):
     path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     out = tmp_path / 'run'
     # rank 1 alone receives SIGUSR1 (after batch 3): every rank stops at the next agreed batch
-    codes, outputs = finish(start_slurm_ranks(out, ['--event', '1,3,usr1', '--epochs', '3'],
+    codes, outputs = finish(start_slurm_ranks(out, ['--inject', '1,3,usr1', '--epochs', '3'],
                                               PATH=path))
     assert codes == [0, 0], outputs
     assert calls.read_text().split() == ['requeue', '4242']
@@ -366,7 +366,7 @@ def test_sigusr1_to_a_batch_script_that_spawned_its_ranks(tmp_path):
     (bin_dir / 'scontrol').chmod(0o755)
     env = {'SLURM_JOB_ID': '77', 'SLURM_NTASKS': '2',
            'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    done = run_script([sys.executable, SCRIPT, str(tmp_path / 'run'), '--event', '1,3,usr1parent',
+    done = run_script([sys.executable, SCRIPT, str(tmp_path / 'run'), '--inject', '1,3,usr1parent',
                        '--epochs', '3'], env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert calls.read_text().split() == ['requeue', '77']
@@ -375,20 +375,23 @@ def test_sigusr1_to_a_batch_script_that_spawned_its_ranks(tmp_path):
     assert not (tmp_path / 'run' / 'result.json').exists()
 
 
-@pytest.mark.parametrize('workers', [0, 1])
-def test_sigkill_of_the_whole_job_then_resume_is_bit_exact(tmp_path, workers):
+@pytest.mark.parametrize('launcher, workers', [('fit', 0), ('fit', 1), ('torchrun', 0)])
+def test_sigkill_of_the_whole_job_then_resume_is_bit_exact(tmp_path, launcher, workers):
     """Shuffled, random noise drawn from each rank's own RNG, with persistent DataLoader
-    workers or none."""
+    workers or none; the ranks spawned by fit or started by torchrun."""
     common = ['--shuffle', '--noise', '--epochs', '2', '--workers', str(workers)]
+    start = [sys.executable]
+    if launcher == 'torchrun':
+        start += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
     straight = tmp_path / 'straight'
-    done = run_script([sys.executable, SCRIPT, str(straight), *common])
+    done = run_script([*start, SCRIPT, str(straight), *common])
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / 'killed'
     # last.ckpt after every step; the whole job is killed by SIGKILL in batch 6 of 8
     proc = subprocess.Popen(
-        [sys.executable, SCRIPT, str(killed), *common, '--every-n-steps', '1',
-         '--event', '0,6,killgroup'],
+        [*start, SCRIPT, str(killed), *common, '--every-n-steps', '1',
+         '--inject', '0,6,killgroup'],
         env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path), 'TMPDIR': str(tmp_path)},
         start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -398,7 +401,7 @@ def test_sigkill_of_the_whole_job_then_resume_is_bit_exact(tmp_path, workers):
     assert last.is_file()
     assert torch.load(last, weights_only=False)['lightning']['trainer_state']['total_batches'] == 6
 
-    done = run_script([sys.executable, SCRIPT, str(killed), *common, '--resume', str(last)])
+    done = run_script([*start, SCRIPT, str(killed), *common, '--resume', str(last)])
     assert done.returncode == 0, done.stderr[-3000:]
     a = torch.load(killed / 'weights_rank0.pt')
     b = torch.load(straight / 'weights_rank0.pt')
