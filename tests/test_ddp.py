@@ -406,3 +406,57 @@ def test_sigkill_of_the_whole_job_then_resume_is_bit_exact(tmp_path, launcher, w
     a = torch.load(killed / 'weights_rank0.pt')
     b = torch.load(straight / 'weights_rank0.pt')
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+NOTEBOOK_CELL = '''
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from pytorch_lightning import RootModule, Trainer
+
+print('BEFORE FIT')
+
+
+class CellModel(RootModule):  # defined in __main__, which has no file (like a notebook)
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_nb):
+        x, y = batch
+        return nn.functional.mse_loss(self.layer(x), y)
+
+    def validation_step(self, batch, batch_nb):
+        x, y = batch
+        return {'val_loss': nn.functional.mse_loss(self.layer(x), y), 'n': len(x)}
+
+    def validation_end(self, outputs):
+        return {'val_loss': sum(o['val_loss'] for o in outputs) / len(outputs),
+                'val_n': sum(o['n'] for o in outputs)}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def tng_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8)
+
+    val_dataloader = tng_dataloader
+
+
+trainer = Trainer(distributed_backend='ddp', num_processes=2, max_nb_epochs=1,
+                  experiment=False, checkpoint_callback=False, progress_bar=False,
+                  print_weights_summary=False, nb_sanity_val_steps=0)
+trainer.fit(CellModel())
+print('AFTER FIT', trainer.callback_metrics['val_n'], trainer.global_step)
+'''
+
+
+def test_fit_from_code_without_a_file_runs_only_the_fit_in_the_ranks(tmp_path):
+    """As in a notebook: the model class lives in a __main__ without a file, and the code
+    around fit runs once, in the launching process."""
+    done = subprocess.run([sys.executable, '-'], input=NOTEBOOK_CELL, text=True,
+                          capture_output=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('BEFORE FIT') == 1
+    assert 'AFTER FIT 32 2' in done.stdout  # 32 samples evaluated once; 2 steps of 2x8
