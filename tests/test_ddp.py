@@ -294,6 +294,14 @@ def test_torchrun_as_two_nodes_on_localhost(tmp_path):
     assert_ranks_agree(tmp_path)
 
 
+def test_a_failing_rank_under_torchrun_fails_the_job_with_its_traceback(tmp_path):
+    done = run_script([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                       '--nproc_per_node=2', SCRIPT, str(tmp_path), '--inject', '1,3,raise',
+                       '--epochs', '50'])
+    assert done.returncode != 0
+    assert 'Boom: rank 1 failed on purpose at batch 3' in done.stdout + done.stderr
+
+
 def slurm_env(rank, port, job='4242', tasks=2, **extra):
     return {'SLURM_JOB_ID': job, 'SLURM_PROCID': str(rank), 'SLURM_LOCALID': str(rank),
             'SLURM_NODEID': '0', 'SLURM_NTASKS': str(tasks), 'SLURM_NTASKS_PER_NODE': str(tasks),
@@ -325,6 +333,14 @@ def test_a_simulated_slurm_job_with_two_tasks(tmp_path):
     # one process wrote the logs: TensorBoard files are named after their writer's pid
     events = os.listdir(tmp_path / 'lightning_logs' / 'version_4242' / 'tf')
     assert events and len({name.split('.')[-2] for name in events}) == 1
+
+
+def test_a_dead_srun_task_without_kill_on_bad_exit_does_not_hang_the_other(tmp_path):
+    """Without srun -K nobody kills rank 0: its next collective fails (the peer's socket
+    closed, at the latest after process_group_timeout) and it exits non-zero."""
+    codes, outputs = finish(start_slurm_ranks(tmp_path, ['--inject', '1,3,exit',
+                                                         '--epochs', '50']), timeout=90)
+    assert codes[1] == 3 and codes[0] not in (0, None), outputs
 
 
 def test_sigusr1_round_trip_under_ddp(tmp_path):
