@@ -81,13 +81,15 @@ class DistributedMixin:
                    f"nb_gpu_nodes={self.nb_gpu_nodes}")
         if env.world_size != expected:
             raise MisconfigurationException(
-                f"{env.source} started {env.world_size} processes in all ({_size_vars(env)}), "
+                f"{env.source} started {env.world_size} processes in all "
+                f"({_VARIABLES[env.source][0]}={env.world_size}), "
                 f"but the Trainer asks for {made_of} = {expected}. Start as many processes as "
                 f"the Trainer asks for, or change its arguments to match.")
         if env.local_world_size is not None and env.local_world_size != per_node:
             raise MisconfigurationException(
                 f"{env.source} started {env.local_world_size} processes on this node "
-                f"({_local_vars(env)}), but the Trainer asks for {made_of}. Start "
+                f"({_VARIABLES[env.source][1]}={env.local_world_size}), but the Trainer asks "
+                f"for {made_of}. Start "
                 f"{per_node} per node (torchrun --nproc_per_node={per_node}, or "
                 f"#SBATCH --ntasks-per-node={per_node}), or change gpus/num_processes.")
         from .placement.ddp import DistributedWorld
@@ -200,12 +202,7 @@ def _run_pickled(payload):
     return cloudpickle.loads(payload)()
 
 
-def _size_vars(env):
-    return {'torchrun': 'WORLD_SIZE', 'slurm': 'SLURM_NTASKS',
-            'spawn': 'WORLD_SIZE'}.get(env.source, 'WORLD_SIZE') + f'={env.world_size}'
-
-
-def _local_vars(env):
-    return {'torchrun': 'LOCAL_WORLD_SIZE', 'slurm': 'SLURM_NTASKS_PER_NODE',
-            'spawn': 'LOCAL_WORLD_SIZE'}.get(env.source, 'LOCAL_WORLD_SIZE') + \
-        f'={env.local_world_size}'
+#: for each launcher, the variables that gave the world size and the processes per node
+_VARIABLES = {'torchrun': ('WORLD_SIZE', 'LOCAL_WORLD_SIZE'),
+              'spawn': ('WORLD_SIZE', 'LOCAL_WORLD_SIZE'),
+              'slurm': ('SLURM_NTASKS', 'SLURM_NTASKS_PER_NODE')}

@@ -11,8 +11,9 @@ class SingleProcess:
     is_zero = True
 
     def agree(self, *flags):
-        """``flags`` as bools: what any rank wants, which is this process's wish here."""
-        return tuple(bool(flag) for flag in flags)
+        """What any rank wants: this process's ``flags``, returned as they are (the loop asks
+        after every batch, so nothing is built here)."""
+        return flags
 
     def gather_objects(self, obj):
         """Every rank's ``obj`` in rank order: ``[obj]``."""
