@@ -327,12 +327,18 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=None, help='timed rounds (default 5)')
     parser.add_argument('--only', choices=sorted(VARIANTS) + ['import'], action='append',
                         help='run only this part (repeatable)')
+    parser.add_argument('--steps', type=float, default=1.0, metavar='X',
+                        help='run X times each variant\'s training steps (default 1): a '
+                             'longer fit shows how much of the overhead is per fit, not per '
+                             'step')
     parser.add_argument('--threads', type=int, default=None,
                         help="torch.set_num_threads(N) for both sides (default: torch's own)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 5)
+    for cfg in VARIANTS.values():
+        cfg['steps'] = max(1, round(cfg['steps'] * args.steps))
     parts = args.only or sorted(VARIANTS) + ['import']
 
     print(f"pytorch_lightning {pl.__version__}, torch {torch.__version__}, Python "

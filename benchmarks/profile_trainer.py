@@ -156,12 +156,6 @@ def micro(save_dir, sink):
     add('loss.item() (CPU, every step)', _us('loss.item()', 20000, loss=loss), 1)
     add('math.isfinite + deque.append', _us('isf(v); d.append(v)', 200000, isf=math.isfinite,
         v=1.0, d=collections.deque(maxlen=20)), 1)
-    def fn(b, i):
-        return None
-    wrapped = pl.trainer.adapt_step(type('M', (), {'training_step': lambda self, b, i: None})(),
-                                    'training_step')
-    add('adapt_step lambda frame', _us('w(b, 0, 0)', 200000, w=wrapped, b=None)
-        - _us('f(b, 0)', 200000, f=fn, b=None), 1, 'training_step(arity 2) wrapper')
 
     # a real Trainer, set up like fit() but without training
     trainer = pl.Trainer(default_save_path=save_dir, max_nb_epochs=1, nb_sanity_val_steps=0)

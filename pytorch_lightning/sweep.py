@@ -39,6 +39,7 @@ from . import notebook
 from .exceptions import MisconfigurationException
 from .loggers.test_tube import read_run_status
 from .placement.gpus import parse_gpus
+from .utilities.parent import SWEEP_PARENT_ENV
 
 TRIALS_FILE = 'trials.json'
 TABLE_FILE = 'trials.csv'
@@ -499,9 +500,12 @@ class GpuPool:
 def trial_env(threads, gpu=None, base=None):
     """The environment of a local trial: ``base`` (default ``os.environ``) with torch's CPU
     threads (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``: torch reads them at startup), unbuffered
-    output, and with ``gpu`` only that GPU visible (``CUDA_VISIBLE_DEVICES``)."""
+    output, and with ``gpu`` only that GPU visible (``CUDA_VISIBLE_DEVICES``). It names this
+    process as the trial's sweep (``SWEEP_PARENT_ENV``): a trial whose sweep dies ends itself
+    (``utilities.parent.watch_sweep_parent``)."""
     env = dict(os.environ if base is None else base)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
+    env[SWEEP_PARENT_ENV] = str(os.getpid())
     if gpu is not None:
         env['CUDA_VISIBLE_DEVICES'] = str(gpu)
     return env

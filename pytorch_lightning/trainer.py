@@ -28,6 +28,7 @@ from .optim import normalize_optimizers
 from .placement import SingleProcess, make_device, make_precision
 from .state import TrainerState
 from .utilities import numbers_only, to_number
+from .utilities.parent import watch_sweep_parent
 from .utilities.slurm import Terminated, TerminationGuard, slurm_job_id
 
 _EMPTY = {}
@@ -118,6 +119,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                  truncated_bptt_steps=None, nb_gpu_nodes=1, num_processes=1,
                  process_group_timeout=600, find_unused_parameters=None):
         args = dict(locals())
+        watch_sweep_parent()  # a sweep's trial ends with its sweep, even a killed one
         del args['self']
         checks.check_trainer_args(args)
         self._init_args = args  # what a spawned process builds its trainer from

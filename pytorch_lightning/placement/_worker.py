@@ -24,9 +24,9 @@ import threading
 import time
 import traceback
 
+from ..utilities.parent import end_orphan, watch_parent
 from .launch import PAYLOAD_FILE, RESULT_FILE, report_path
 
-PARENT_CHECK_S = 1.0
 PARENT_GONE_GRACE_S = 10.0
 SHUTDOWN_GRACE_S = 60.0  # after the function: how long interpreter shutdown may take
 CHAIN_LIMIT = 16  # links of a __cause__/__context__ chain that are sent back
@@ -122,17 +122,12 @@ def _exit_within(seconds, code):
 
 
 def _watch_parent(parent_pid, workdir):
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_CHECK_S)
+    def gone():
         # nobody reads the files any more, and the dead parent cannot remove its folder
         shutil.rmtree(workdir, ignore_errors=True)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(PARENT_GONE_GRACE_S)
-        if os.getpgid(0) == os.getpid():  # our own group (spawn_ranks starts one per rank)
-            os.killpg(0, signal.SIGKILL)
-        os._exit(1)
-    threading.Thread(target=watch, name='pl-parent-watch', daemon=True).start()
+        end_orphan(PARENT_GONE_GRACE_S)
+    if not watch_parent(parent_pid, gone):  # the parent died before this rank started
+        gone()
 
 
 if __name__ == '__main__':
