@@ -47,26 +47,70 @@ class CheckpointingMixin:
                 f"save_checkpoint({os.fspath(path)!r}) was called before fit(): there is no "
                 f"run to save yet. Call it from a callback during fit, or after fit returned.")
         self.check_finite_losses()  # never save weights trained on a NaN loss
-        position, ranks = self._position(), None
+        (position, rng), ranks = self._loop_position(), None
         if self.world.world_size > 1:
-            ranks = self.world.gather_objects({'position': position,
-                                               'rng': checkpoint_io.capture_rng()})
+            ranks = self.world.gather_objects({'position': position, 'rng': rng})
             if not self.world.is_zero:
                 return
-        checkpoint = checkpoint_io.dump(self, position, durable_logs=not background, ranks=ranks)
+        checkpoint = checkpoint_io.dump(self, position, durable_logs=not background, ranks=ranks,
+                                        rng=rng)
         checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)
 
+    # Where the loop stands, kept up to date by the loop (see _loop_position). Reset at the
+    # start of every fit by _restore_if_asked; these are the values before any fit.
+    _epoch_done = False      # the current epoch (state.epoch) is completely done
+    _loop_started = False    # this fit's epoch loop has begun (the sanity check is over)
+    _batches_epoch = None    # the epoch whose batches have begun (its shuffle is drawn)
+
     def _position(self):
-        state = self.state
+        """Where the loop stands now, as a checkpoint records it (see ``_loop_position``)."""
+        return self._loop_position()[0]
+
+    def _loop_position(self):
+        """``(position, rng)``: where the loop stands and the random state that goes with it,
+        as a checkpoint written now records them. One of:
+
+        - a resume restored at this fit's start that the loop has not taken up yet (during
+          ``on_fit_start``, the sanity check, the resumed epoch's ``on_epoch_start``): that
+          checkpoint's own position and random state, so a resume from here continues there;
+        - ``epoch_complete``: the epoch ``state.epoch`` is done (a resume starts the next);
+        - ``before``: the batches of epoch ``state.epoch`` have not begun. ``'fit'``: saved
+          before this fit's loop (``on_fit_start``, the sanity check), a resume restores the
+          random state before its own sanity check; ``'epoch'``: saved in ``on_epoch_start``,
+          a resume restores it when its loop starts and runs the epoch from its first batch;
+        - mid-epoch: the batches done in the epoch and what redraws its shuffle."""
+        if self._resume_position is not None:
+            return self._resume_position
+        state, rng = self.state, checkpoint_io.capture_rng()
         now = generator_states(self._train_loader)  # a loader's own shuffling generator
         if self._epoch_done:
-            return {'epoch_complete': True, 'generators_now': now}
+            return {'epoch_complete': True, 'generators_now': now}, rng
+        if self._batches_epoch != state.epoch:
+            return {'epoch_complete': False, 'before': 'epoch' if self._loop_started else 'fit',
+                    'generators_now': now}, rng
         sampler = self._resumable_sampler
         return {'epoch_complete': False, 'batches_done': state.batch_idx + 1,
                 'sampler_draws': None if sampler is None else sampler.draws,
                 'window': self._window, 'epoch_start_rng': self._epoch_start_rng,
-                'epoch_start_generators': self._epoch_start_generators, 'generators_now': now}
+                'epoch_start_generators': self._epoch_start_generators,
+                'generators_now': now}, rng
+
+    def _start_position(self):
+        """At the start of the epoch loop: ``(first epoch, resume)``, ``resume`` being the
+        restored ``(position, rng)`` of a mid-epoch checkpoint (``_epoch_batches`` takes it
+        up) or ``None``. A checkpoint taken at an epoch end, or before an epoch's batches,
+        gets its random state back here, after the sanity check."""
+        self._loop_started = True
+        resume, start = self._resume_position, self.state.epoch
+        if resume is None or not (resume[0]['epoch_complete'] or 'before' in resume[0]):
+            return start, resume
+        self._resume_position = None
+        self._restore_now(*resume)
+        if resume[0]['epoch_complete']:
+            self._epoch_done = True  # until the next epoch begins (none may: max_nb_epochs)
+            return start + 1, None
+        return start, None
 
     def _restore_now(self, position, rng):
         """Random state as it was at the save point (global RNGs and loader generators)."""
@@ -94,6 +138,10 @@ class CheckpointingMixin:
         return [path for _, path in sorted(found)]
 
     def _restore_if_asked(self):
+        """At the start of every fit (after ``on_fit_setup``): the loop position is "before
+        the loop" (a fresh run), then the checkpoint to continue from, if any, is restored."""
+        self._epoch_done, self._loop_started, self._batches_epoch = False, False, None
+        self._window = 1  # no accumulation window is open before the first batch
         path = self._checkpoint_to_restore() if self.world.is_zero else None
         if self.world.world_size > 1:  # rank 0 looked; every rank restores the same file
             path = self.world.broadcast_object(path)
@@ -103,6 +151,9 @@ class CheckpointingMixin:
         checkpoint = checkpoint_io.load(path)
         position, rng = checkpoint_io.restore(self, checkpoint, path)
         self._resume_position = (position, rng)
+        if position.get('before') == 'fit':  # saved before the sanity check: same state now
+            self._restore_now(position, rng)
+            self._resume_position = None
         if self.world.is_zero:
             print(f'resumed from {os.fspath(path)} (epoch {self.state.epoch}, '
                   f'global step {self.state.global_step})')
@@ -214,6 +265,8 @@ class CheckpointingMixin:
         ahead of the batches trained on). The resumed run then draws the same global-RNG
         stream as an uninterrupted one from the save point on."""
         loader, sampler = self._train_loader, self._resumable_sampler
+        self._batches_epoch = self.state.epoch  # from here a checkpoint is mid-epoch
+        self._resume_position = None  # a mid-epoch resume is taken up here
         if resume is None:
             if sampler is None:
                 self._epoch_start()

@@ -527,12 +527,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
     # ------------------------------------------------------------------ loop
     def _train(self):
         state = self.state
-        self._epoch_done = False
-        start, resume = state.epoch, self._resume_position
-        self._resume_position = None
-        if resume is not None and resume[0]['epoch_complete']:
-            self._restore_now(*resume)
-            start, resume = start + 1, None
+        start, resume = self._start_position()
         for epoch in range(start, self.max_nb_epochs):
             state.epoch = epoch
             state.stage = 'train'

@@ -1,0 +1,116 @@
+"""Fixes of classic behaviours: saving before the first batch, the bar after a mid-epoch
+resume, ``print_nan_grads`` with the bar on, and the classic ``on_hpc_save`` /
+``on_hpc_load`` / ``backward`` hooks."""
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models import TinyModel, make_loader
+from pytorch_lightning import Trainer, checkpoint_io
+from pytorch_lightning.callbacks import Callback
+
+
+class RandomModel(TinyModel):
+    """Dropout, and a shuffle drawn from the global torch RNG (as is every loader iterator's
+    base seed, also the sanity check's), so any difference in random state shows."""
+
+    def __init__(self):
+        super().__init__(n=48)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.layer(self.drop(x))
+
+    @property
+    def tng_dataloader(self):
+        return DataLoader(make_loader(48, 8).dataset, batch_size=8, shuffle=True)
+
+
+class SaveAt(Callback):
+    """``trainer.save_checkpoint(path)`` from the callback hook ``hook`` once ``when(trainer)``."""
+
+    def __init__(self, hook, path, when=lambda trainer: True):
+        self.path, self.when, self.saved = path, when, False
+        setattr(self, hook, self._save)
+
+    def _save(self, trainer, module, *args):
+        if not self.saved and self.when(trainer):
+            trainer.save_checkpoint(self.path)
+            self.saved = True
+
+
+class RecordBatches(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_start(self, trainer, module, batch):
+        self.seen.append((trainer.current_epoch, trainer.state.batch_idx))
+
+
+def fit_random(quiet, epochs=2, callbacks=(), **kwargs):
+    torch.manual_seed(0)
+    model = RandomModel()
+    trainer = Trainer(**quiet(max_nb_epochs=epochs, early_stop_callback=False,
+                              checkpoint_callback=False, callbacks=list(callbacks), **kwargs))
+    trainer.fit(model)
+    return model, trainer
+
+
+def assert_same_weights(a, b):
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(x, y), name
+
+
+# ------------------------------------------------------------------ 1: saving before the loop
+def test_save_checkpoint_in_on_fit_start_resumes_from_the_start(quiet, tmp_path):
+    """Saved in ``on_fit_start`` (before the sanity check and the first batch), the file is a
+    checkpoint at epoch 0, batch 0; a resume from it (in a process whose RNG has moved on)
+    trains every batch and ends bit-identical to the run that wrote it."""
+    path = tmp_path / 'start.ckpt'
+    full, _ = fit_random(quiet, callbacks=[SaveAt('on_fit_start', path)])
+    meta = checkpoint_io.load(path)['lightning']
+    assert meta['trainer_state']['epoch'] == 0 and meta['trainer_state']['total_batches'] == 0
+    assert meta['trainer_state']['global_step'] == 0
+
+    record = RecordBatches()
+    torch.manual_seed(123)  # the resume must not depend on the RNG it starts with
+    resumed = RandomModel()
+    Trainer(**quiet(max_nb_epochs=2, early_stop_callback=False, checkpoint_callback=False,
+                    callbacks=[record], resume_from_checkpoint=path)).fit(resumed)
+    assert record.seen == [(e, b) for e in range(2) for b in range(6)]
+    assert_same_weights(full, resumed)
+
+
+def test_save_checkpoint_in_on_epoch_start_resumes_that_epoch_from_its_start(quiet, tmp_path):
+    """Saved in ``on_epoch_start`` of epoch 1 (its batches not drawn yet), a resume runs all of
+    epoch 1 and ends bit-identical (before the fix the stale batch index of epoch 0 was saved,
+    and the resume skipped epoch 1 entirely)."""
+    path = tmp_path / 'epoch1.ckpt'
+    full, _ = fit_random(quiet, epochs=3,
+                         callbacks=[SaveAt('on_epoch_start', path, lambda t: t.current_epoch == 1)])
+    assert checkpoint_io.load(path)['lightning']['trainer_state']['total_batches'] == 6
+
+    record = RecordBatches()
+    resumed, _ = fit_random(quiet, epochs=3, callbacks=[record], resume_from_checkpoint=path)
+    assert record.seen == [(e, b) for e in (1, 2) for b in range(6)]
+    assert_same_weights(full, resumed)
+
+
+def test_save_checkpoint_in_the_first_on_batch_start_does_not_fail(quiet, tmp_path):
+    """``on_batch_start`` of the first batch runs before any accumulation window exists."""
+    path = tmp_path / 'first_batch.ckpt'
+    fit_random(quiet, epochs=1, callbacks=[SaveAt('on_batch_start', path)])
+    assert checkpoint_io.load(path)['lightning']['trainer_state']['epoch'] == 0
+
+
+def test_save_checkpoint_in_on_fit_start_of_a_resumed_fit_keeps_the_resume_point(quiet, tmp_path):
+    """A fit resumed mid-epoch has not taken up its position yet in ``on_fit_start``: a
+    checkpoint saved there resumes from the same point as the one it was restored from."""
+    mid, again = tmp_path / 'mid.ckpt', tmp_path / 'again.ckpt'
+    full, _ = fit_random(quiet, callbacks=[SaveAt('on_save_point', mid, lambda t: (
+        t.current_epoch, t.state.batch_idx, t._epoch_done) == (0, 2, False))])
+    fit_random(quiet, callbacks=[SaveAt('on_fit_start', again)], resume_from_checkpoint=mid)
+    record = RecordBatches()
+    resumed, _ = fit_random(quiet, callbacks=[record], resume_from_checkpoint=again)
+    assert record.seen[:3] == [(0, 3), (0, 4), (0, 5)]
+    assert_same_weights(full, resumed)
