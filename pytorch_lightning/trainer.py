@@ -179,7 +179,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self._scheduler_configs, self.optimizer_frequencies, self._stepped = [], None, ()
         self.optimizers, self.lr_schedulers = [], []
         self.nb_training_batches = self.nb_val_batches = self.nb_test_batches = 0
-        self.nb_batches_this_epoch = 0
+        self.nb_batches_this_epoch = self.nb_batches_done_at_epoch_start = 0
         self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
         self._recent_losses = collections.deque(maxlen=20)
         self.val_metrics, self._test_metrics = {}, {}
@@ -567,8 +567,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         val_epoch = (epoch + 1) % self.check_val_every_n_epoch == 0
         val_every = self._val_every if val_epoch else 0
         nb_val = self.nb_val_batches
-        self.nb_batches_this_epoch = None if nb is None or (val_every and nb_val is None) else (
-            nb + ((nb // val_every) * nb_val if val_every else 0))
+        self.nb_batches_this_epoch = _with_validation(nb, val_every, nb_val)
+        done = 0 if resume is None else resume[0]['batches_done']  # mid-epoch resume
+        self.nb_batches_done_at_epoch_start = (  # unknown validation: the training batches
+            _with_validation(done, val_every, nb_val) or done)
         hooks.call('on_epoch_start')
         self._epoch_accumulation = self._accumulation_for(epoch)
         device = self.device if self.device.transfers_batches else None
@@ -852,6 +854,15 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         for name, param in self.module.named_parameters():
             if param.grad is not None and not torch.isfinite(param.grad).all():
                 print(f'non-finite gradient in {name}: {param.grad}')
+
+def _with_validation(batches, val_every, nb_val):
+    """``batches`` training batches plus the validation batches run at the validation points
+    among them (every ``val_every`` batches; none when it is 0 or ``None``); ``None`` when
+    that is unknown (``batches`` or, with validation points, ``nb_val`` is ``None``)."""
+    if not val_every or batches is None:
+        return batches
+    return None if nb_val is None else batches + (batches // val_every) * nb_val
+
 
 def _detached(hiddens):
     """``hiddens`` (a tensor, or tuples/lists of them) cut from the graph of the last split."""

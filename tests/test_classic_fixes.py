@@ -114,3 +114,33 @@ def test_save_checkpoint_in_on_fit_start_of_a_resumed_fit_keeps_the_resume_point
     resumed, _ = fit_random(quiet, callbacks=[record], resume_from_checkpoint=again)
     assert record.seen[:3] == [(0, 3), (0, 4), (0, 5)]
     assert_same_weights(full, resumed)
+
+
+# ------------------------------------------------------------------ 2: the bar after a resume
+def test_progress_bar_of_a_mid_epoch_resume_starts_at_the_resumed_position(quiet, tmp_path,
+                                                                          capsys):
+    """6 training batches, validation (4 batches) after every 2nd: the bar's total is
+    6 + 3 * 4 = 18. Saved after batch 2 (3 batches and one validation point done), the resumed
+    fit's bar starts at 3 + 4 = 7 (also as tqdm's ``initial``, so its rate and ETA count only
+    what this fit runs) and ends the epoch at 18/18."""
+    from pytorch_lightning.callbacks.progress import ProgressBar
+    path = tmp_path / 'mid.ckpt'
+    fit_random(quiet, epochs=1, val_check_interval=2, callbacks=[SaveAt(
+        'on_save_point', path, lambda t: t.state.batch_idx == 2 and not t._epoch_done)])
+    bars = []
+
+    class ReadBar(Callback):
+        def on_batch_start(self, trainer, module, batch):
+            if not bars:
+                bar, = [cb for cb in trainer.checkpointed_callbacks
+                        if isinstance(cb, ProgressBar)]
+                bars.append(dict(bar._bar.format_dict))
+
+    capsys.readouterr()
+    fit_random(quiet, epochs=1, val_check_interval=2, progress_bar=True, callbacks=[ReadBar()],
+               resume_from_checkpoint=path)
+    err = capsys.readouterr().err
+    counts = [r.split('|')[2].split()[0] for r in err.replace('\r', '\n').split('\n')
+              if r.startswith('Epoch 0')]
+    assert counts[0] == '7/18' and counts[-1] == '18/18', counts
+    assert (bars[0]['n'], bars[0]['initial'], bars[0]['total']) == (7, 7, 18)
