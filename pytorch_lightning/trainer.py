@@ -16,6 +16,7 @@ from ._checkpointing import CheckpointingMixin, _Preempted
 from ._dispatch import HookDispatcher, step_arity
 from ._distributed import DistributedMixin
 from ._evaluation import EvaluationMixin, _total
+from .callbacks._monitor import notice
 from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
@@ -853,7 +854,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
     def _print_nan_grads(self):
         for name, param in self.module.named_parameters():
             if param.grad is not None and not torch.isfinite(param.grad).all():
-                print(f'non-finite gradient in {name}: {param.grad}')
+                notice(f'non-finite gradient in {name}: {param.grad}')  # clear of the bar
 
 def _with_validation(batches, val_every, nb_val):
     """``batches`` training batches plus the validation batches run at the validation points

@@ -144,3 +144,28 @@ def test_progress_bar_of_a_mid_epoch_resume_starts_at_the_resumed_position(quiet
               if r.startswith('Epoch 0')]
     assert counts[0] == '7/18' and counts[-1] == '18/18', counts
     assert (bars[0]['n'], bars[0]['initial'], bars[0]['total']) == (7, 7, 18)
+
+
+# ------------------------------------------------------------------ 3: print_nan_grads, bar on
+def test_print_nan_grads_writes_whole_lines_to_stdout_around_the_live_bar(quiet, monkeypatch):
+    """The bar and the message share one stream, as in a terminal or a log file: the message
+    must be a line of its own (tqdm clears the bar, prints, draws it again), not glued to the
+    end of the bar's line as a plain ``print`` is."""
+    import io
+    import re
+    from models import TrainOnlyModel
+
+    class NaNGradient(TrainOnlyModel):
+        def on_after_backward(self):
+            self.layer.bias.grad[1] = float('nan')
+
+    screen = io.StringIO()
+    monkeypatch.setattr('sys.stdout', screen)
+    monkeypatch.setattr('sys.stderr', screen)
+    Trainer(**quiet(progress_bar=True, print_nan_grads=True, checkpoint_callback=False,
+                    early_stop_callback=False)).fit(NaNGradient(n=8))
+    records = [r for r in re.split(r'[\r\n]', screen.getvalue()) if r.strip()]
+    messages = [r for r in records if 'non-finite gradient' in r]
+    assert messages and all(r.startswith('non-finite gradient in layer.bias: ')
+                            for r in messages), records
+    assert any(r.startswith('Epoch 0') for r in records)  # the bar was drawn around it
