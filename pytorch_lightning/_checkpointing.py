@@ -46,6 +46,11 @@ class CheckpointingMixin:
             raise MisconfigurationException(
                 f"save_checkpoint({os.fspath(path)!r}) was called before fit(): there is no "
                 f"run to save yet. Call it from a callback during fit, or after fit returned.")
+        self._write_checkpoint(path, then, background)
+
+    def _write_checkpoint(self, path, then=None, background=False, hpc=False):
+        """``save_checkpoint``'s work; ``hpc``: an HPC checkpoint, which the module's classic
+        ``on_hpc_save(checkpoint)`` may add to once it is built (rank 0, which writes it)."""
         self.check_finite_losses()  # never save weights trained on a NaN loss
         (position, rng), ranks = self._loop_position(), None
         if self.world.world_size > 1:
@@ -54,6 +59,9 @@ class CheckpointingMixin:
                 return
         checkpoint = checkpoint_io.dump(self, position, durable_logs=not background, ranks=ranks,
                                         rng=rng)
+        hook = getattr(self.module, 'on_hpc_save', None) if hpc else None
+        if hook is not None:
+            hook(checkpoint)
         checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)
 
@@ -142,14 +150,18 @@ class CheckpointingMixin:
         the loop" (a fresh run), then the checkpoint to continue from, if any, is restored."""
         self._epoch_done, self._loop_started, self._batches_epoch = False, False, None
         self._window = 1  # no accumulation window is open before the first batch
-        path = self._checkpoint_to_restore() if self.world.is_zero else None
+        found = self._checkpoint_to_restore() if self.world.is_zero else None
         if self.world.world_size > 1:  # rank 0 looked; every rank restores the same file
-            path = self.world.broadcast_object(path)
+            found = self.world.broadcast_object(found)
         self._resume_position = None
-        if path is None:
+        if found is None:
             return
+        path, requeued = found
         checkpoint = checkpoint_io.load(path)
         position, rng = checkpoint_io.restore(self, checkpoint, path)
+        hook = getattr(self.module, 'on_hpc_load', None) if requeued else None
+        if hook is not None:  # classic: a requeued job restored its HPC checkpoint
+            hook(checkpoint)
         self._resume_position = (position, rng)
         if position.get('before') == 'fit':  # saved before the sanity check: same state now
             self._restore_now(position, rng)
@@ -159,13 +171,15 @@ class CheckpointingMixin:
                   f'global step {self.state.global_step})')
 
     def _checkpoint_to_restore(self):
-        """The checkpoint this fit continues from: ``resume_from_checkpoint``, else the newest
-        HPC checkpoint of a requeued SLURM job, else an unfinished run's (``None``: none)."""
+        """``(path, requeued)`` of the checkpoint this fit continues from:
+        ``resume_from_checkpoint``, else the newest HPC checkpoint of a requeued SLURM job
+        (``requeued`` is then ``True``), else an unfinished run's; ``None`` when none."""
         path = self.resume_from_checkpoint
         if path is None and slurm_job_id() is not None and (
                 self.logger is None or getattr(self.logger, '_version', 0) is not None):
             hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
-            path = hpc[-1] if hpc else None
+            if hpc:
+                return hpc[-1], True
         if path is None:
             path = self.unfinished_run_checkpoint()
             if path is not None:
@@ -173,7 +187,7 @@ class CheckpointingMixin:
                       f'restoring its newest checkpoint, {path}')
             elif self._run_unfinished():
                 self._restart_unfinished_run()
-        return path
+        return None if path is None else (path, False)
 
     def _run_unfinished(self):
         """Whether this trainer logs into a version given by the user whose last run did not
@@ -248,7 +262,7 @@ class CheckpointingMixin:
             number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
             path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
         path = self.world.broadcast_object(path)
-        self.save_checkpoint(path, background=False)  # durable before the requeue
+        self._write_checkpoint(path, background=False, hpc=True)  # durable before the requeue
         job = slurm_job_id()
         if self.world.is_zero:
             requeue(job)

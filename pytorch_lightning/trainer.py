@@ -65,7 +65,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                             loss = training_step(batch, batch_nb[, optimizer_i])  # autocast
                             NaN/inf check (CPU: now; accelerators: a flag read every
                                 add_log_row_interval batches and before each checkpoint)
-                            backward(loss / accumulation window size)   # scaled (float16)
+                            backward(loss / accumulation window size)   # scaled (float16);
+                                the module's backward(use_amp, loss, optimizer) if overridden
                             on_after_backward
                             if the accumulation window is complete:
                                 unscale; callbacks.on_before_optimizer_step; clip gradients
@@ -85,7 +86,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                     callbacks.on_save_point                   # checkpoints are written here
                     decision point (every batch; under DDP every add_log_row_interval batches,
                             after a validation point and at epoch end, agreed by all ranks):
-                        if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt, requeue, exit(0)
+                        if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt (on_hpc_save),
+                            requeue, exit(0)
                         if state.should_stop and epoch >= min_nb_epochs: end the epoch
                 step an unfinished accumulation window
                 on_epoch_end
@@ -718,7 +720,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             loss, prog, log = self._parse_training_output(out)
             self._check_loss(loss, batch_idx, opt_i)
             window = self._window
-            self.precision.backward(loss / window if window > 1 else loss)
+            self._hooks.backward(loss / window if window > 1 else loss, optimizer)
         finally:
             for param in frozen:
                 param.requires_grad_(True)

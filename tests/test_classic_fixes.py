@@ -169,3 +169,124 @@ def test_print_nan_grads_writes_whole_lines_to_stdout_around_the_live_bar(quiet,
     assert messages and all(r.startswith('non-finite gradient in layer.bias: ')
                             for r in messages), records
     assert any(r.startswith('Epoch 0') for r in records)  # the bar was drawn around it
+
+
+# ------------------------------------------------------------------ 4: classic hooks
+def test_on_hpc_save_edits_the_hpc_checkpoint_and_on_hpc_load_reads_it_after_a_requeue(
+        quiet, tmp_path, monkeypatch):
+    """SIGUSR1 under SLURM: ``on_hpc_save(checkpoint)`` gets the whole checkpoint dict before
+    ``hpc_ckpt_1.ckpt`` is written, and what it adds is in the file. The requeued job's fit
+    restores that file by itself and calls ``on_hpc_load(checkpoint)`` with it, after the
+    weights are restored. A plain resume calls neither."""
+    import os
+    import signal
+    import pytest
+    from pytorch_lightning import _checkpointing
+    calls, requeued = [], []
+
+    class HPCModel(TinyModel):
+        def training_step(self, data_batch, batch_nb):
+            if self.trainer.state.total_batches == 2 and not calls:
+                os.kill(os.getpid(), signal.SIGUSR1)  # handled at the batch's save point
+            return super().training_step(data_batch, batch_nb)
+
+        def on_hpc_save(self, checkpoint):
+            calls.append(('save', sorted(checkpoint), checkpoint['lightning']['trainer_state']))
+            checkpoint['hpc_note'] = 'saved for the requeue'
+
+        def on_hpc_load(self, checkpoint):
+            weights_now = {k: v.clone() for k, v in self.state_dict().items()}
+            calls.append(('load', checkpoint.get('hpc_note'), weights_now,
+                          checkpoint['state_dict'], self.trainer.state.total_batches))
+
+    monkeypatch.setenv('SLURM_JOB_ID', '4242')
+    monkeypatch.setattr(_checkpointing, 'requeue', requeued.append)
+    kwargs = dict(max_nb_epochs=1, checkpoint_callback=False, early_stop_callback=False)
+    with pytest.raises(SystemExit) as stop:
+        Trainer(**quiet(**kwargs)).fit(HPCModel())
+    assert stop.value.code == 0 and requeued == ['4242']
+    hpc = tmp_path / 'checkpoints' / 'hpc_ckpt_1.ckpt'
+    assert checkpoint_io.load(hpc)['hpc_note'] == 'saved for the requeue'
+    (kind, keys, state), = calls
+    assert kind == 'save' and {'state_dict', 'lightning'} <= set(keys)
+    assert state['total_batches'] == 3
+
+    Trainer(**quiet(**kwargs)).fit(HPCModel())  # the requeued job
+    kind, note, weights_then, saved, total = calls[1]
+    assert (kind, note, total) == ('load', 'saved for the requeue', 3)
+    for name, value in saved.items():
+        assert torch.equal(weights_then[name], value), name
+    assert len(calls) == 2
+
+    monkeypatch.delenv('SLURM_JOB_ID')
+    Trainer(**quiet(resume_from_checkpoint=hpc, **kwargs)).fit(HPCModel())
+    assert len(calls) == 2  # neither hook for a resume that is not a requeue
+
+
+class BackwardOverride(TinyModel):
+    """Records every call of the classic ``backward(use_amp, loss, optimizer)`` override and
+    the loss ``training_step`` returned before it; ``factor`` multiplies the loss."""
+
+    def __init__(self, factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.calls, self.step_losses = factor, [], []
+
+    def training_step(self, data_batch, batch_nb):
+        loss, prog = super().training_step(data_batch, batch_nb)
+        self.step_losses.append(loss.detach().float())
+        return loss, prog
+
+    def backward(self, use_amp, loss, optimizer):
+        scaler = self.trainer.precision.scaler
+        scale = 1.0 if scaler is None else scaler.get_scale()
+        self.calls.append((use_amp, loss.detach().float(), scale, optimizer))
+        (loss * self.factor).backward()
+
+
+def test_a_backward_override_runs_instead_of_the_trainers_backward(quiet):
+    """``backward(use_amp, loss, optimizer)``: called once per training step with the loss
+    divided by the accumulation window and the optimizer being stepped; what it does is the
+    backward (a loss multiplied by 0 trains nothing)."""
+    torch.manual_seed(0)
+    model = BackwardOverride(factor=0.0, lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(**quiet(accumulate_grad_batches=2, nb_sanity_val_steps=0,
+                              checkpoint_callback=False, early_stop_callback=False))
+    trainer.fit(model)
+    assert len(model.calls) == len(model.step_losses) == 8
+    for (use_amp, loss, scale, optimizer), step_loss in zip(model.calls, model.step_losses):
+        assert use_amp is False and optimizer is trainer.optimizers[0]
+        assert torch.equal(loss, step_loss / 2)
+    for old, new in zip(before, model.parameters()):
+        assert torch.equal(old, new)
+
+
+def test_a_backward_override_gets_the_scaled_loss_under_float16(quiet):
+    """CPU float16 AMP: the override receives the loss already multiplied by the GradScaler's
+    scale, so a plain ``loss.backward()`` in it trains exactly as without the override."""
+    def run(cls):
+        torch.manual_seed(0)
+        model = cls(lr=0.01)
+        Trainer(**quiet(use_amp=True, amp_dtype='float16', nb_sanity_val_steps=0,
+                        checkpoint_callback=False, early_stop_callback=False)).fit(model)
+        return model
+
+    plain, overridden = run(TinyModel), run(BackwardOverride)
+    assert_same_weights(plain, overridden)
+    assert len(overridden.calls) == 8
+    for (use_amp, loss, scale, _), step_loss in zip(overridden.calls, overridden.step_losses):
+        assert use_amp is True and scale > 1
+        assert torch.equal(loss, step_loss * scale)
+
+
+def test_a_backward_override_with_the_wrong_arguments_is_refused_before_training(quiet):
+    import pytest
+    from pytorch_lightning.exceptions import MisconfigurationException
+
+    class OneArgument(TinyModel):
+        def backward(self, loss):
+            loss.backward()
+
+    with pytest.raises(MisconfigurationException, match=r'OneArgument\.backward.*'
+                       r'def backward\(self, use_amp, loss, optimizer\)'):
+        Trainer(**quiet()).fit(OneArgument())
