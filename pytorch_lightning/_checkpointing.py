@@ -191,7 +191,7 @@ class CheckpointingMixin:
 
     def _run_unfinished(self):
         """Whether this trainer logs into a version given by the user whose last run did not
-        finish (``run_status.json``: running, failed or interrupted)."""
+        finish (``run_status.json``: running, died, failed or interrupted)."""
         if self.logger is None or getattr(self.logger, '_version', None) is None:
             return False
         run_status = getattr(self.logger, 'run_status', None)
@@ -211,7 +211,7 @@ class CheckpointingMixin:
     def unfinished_run_checkpoint(self):
         """Auto-restore (classic): when this trainer logs into a version given by the user
         (an ``Experiment`` or logger with a version) whose run did not finish (its
-        ``run_status.json`` says running, failed or interrupted), the path of that run's
+        ``run_status.json`` says running, died, failed or interrupted), the path of that run's
         newest checkpoint in ``default_checkpoint_dir()``: the one with the most training
         batches done (not the newest file). ``None`` otherwise (also for a new version)."""
         if not self._run_unfinished():  # also: no status, not a run this library wrote
