@@ -46,27 +46,79 @@ class CheckpointingMixin:
             raise MisconfigurationException(
                 f"save_checkpoint({os.fspath(path)!r}) was called before fit(): there is no "
                 f"run to save yet. Call it from a callback during fit, or after fit returned.")
+        self._write_checkpoint(path, then, background)
+
+    def _write_checkpoint(self, path, then=None, background=False, hpc=False):
+        """``save_checkpoint``'s work; ``hpc``: an HPC checkpoint, which the module's classic
+        ``on_hpc_save(checkpoint)`` may add to once it is built (rank 0, which writes it)."""
         self.check_finite_losses()  # never save weights trained on a NaN loss
-        position, ranks = self._position(), None
+        (position, rng), ranks = self._loop_position(), None
         if self.world.world_size > 1:
-            ranks = self.world.gather_objects({'position': position,
-                                               'rng': checkpoint_io.capture_rng()})
+            ranks = self.world.gather_objects({'position': position, 'rng': rng})
             if not self.world.is_zero:
                 return
-        checkpoint = checkpoint_io.dump(self, position, durable_logs=not background, ranks=ranks)
+        checkpoint = checkpoint_io.dump(self, position, durable_logs=not background, ranks=ranks,
+                                        rng=rng)
+        hook = getattr(self.module, 'on_hpc_save', None) if hpc else None
+        if hook is not None:
+            hook(checkpoint)
         checkpoint_io.atomic_save(checkpoint, path,
                                   background=background, then=then)
 
+    # Where the loop stands, kept up to date by the loop (see _loop_position). Reset at the
+    # start of every fit by _restore_if_asked; these are the values before any fit.
+    _epoch_done = False      # the current epoch (state.epoch) is completely done
+    _loop_started = False    # this fit's epoch loop has begun (the sanity check is over)
+    _batches_epoch = None    # the epoch whose batches have begun (its shuffle is drawn)
+
     def _position(self):
-        state = self.state
+        """Where the loop stands now, as a checkpoint records it (see ``_loop_position``)."""
+        return self._loop_position()[0]
+
+    def _loop_position(self):
+        """``(position, rng)``: where the loop stands and the random state that goes with it,
+        as a checkpoint written now records them. One of:
+
+        - a resume restored at this fit's start that the loop has not taken up yet (during
+          ``on_fit_start``, the sanity check, the resumed epoch's ``on_epoch_start``): that
+          checkpoint's own position and random state, so a resume from here continues there;
+        - ``epoch_complete``: the epoch ``state.epoch`` is done (a resume starts the next);
+        - ``before``: the batches of epoch ``state.epoch`` have not begun. ``'fit'``: saved
+          before this fit's loop (``on_fit_start``, the sanity check), a resume restores the
+          random state before its own sanity check; ``'epoch'``: saved in ``on_epoch_start``,
+          a resume restores it when its loop starts and runs the epoch from its first batch;
+        - mid-epoch: the batches done in the epoch and what redraws its shuffle."""
+        if self._resume_position is not None:
+            return self._resume_position
+        state, rng = self.state, checkpoint_io.capture_rng()
         now = generator_states(self._train_loader)  # a loader's own shuffling generator
         if self._epoch_done:
-            return {'epoch_complete': True, 'generators_now': now}
+            return {'epoch_complete': True, 'generators_now': now}, rng
+        if self._batches_epoch != state.epoch:
+            return {'epoch_complete': False, 'before': 'epoch' if self._loop_started else 'fit',
+                    'generators_now': now}, rng
         sampler = self._resumable_sampler
         return {'epoch_complete': False, 'batches_done': state.batch_idx + 1,
                 'sampler_draws': None if sampler is None else sampler.draws,
                 'window': self._window, 'epoch_start_rng': self._epoch_start_rng,
-                'epoch_start_generators': self._epoch_start_generators, 'generators_now': now}
+                'epoch_start_generators': self._epoch_start_generators,
+                'generators_now': now}, rng
+
+    def _start_position(self):
+        """At the start of the epoch loop: ``(first epoch, resume)``, ``resume`` being the
+        restored ``(position, rng)`` of a mid-epoch checkpoint (``_epoch_batches`` takes it
+        up) or ``None``. A checkpoint taken at an epoch end, or before an epoch's batches,
+        gets its random state back here, after the sanity check."""
+        self._loop_started = True
+        resume, start = self._resume_position, self.state.epoch
+        if resume is None or not (resume[0]['epoch_complete'] or 'before' in resume[0]):
+            return start, resume
+        self._resume_position = None
+        self._restore_now(*resume)
+        if resume[0]['epoch_complete']:
+            self._epoch_done = True  # until the next epoch begins (none may: max_nb_epochs)
+            return start + 1, None
+        return start, None
 
     def _restore_now(self, position, rng):
         """Random state as it was at the save point (global RNGs and loader generators)."""
@@ -94,27 +146,40 @@ class CheckpointingMixin:
         return [path for _, path in sorted(found)]
 
     def _restore_if_asked(self):
-        path = self._checkpoint_to_restore() if self.world.is_zero else None
+        """At the start of every fit (after ``on_fit_setup``): the loop position is "before
+        the loop" (a fresh run), then the checkpoint to continue from, if any, is restored."""
+        self._epoch_done, self._loop_started, self._batches_epoch = False, False, None
+        self._window = 1  # no accumulation window is open before the first batch
+        found = self._checkpoint_to_restore() if self.world.is_zero else None
         if self.world.world_size > 1:  # rank 0 looked; every rank restores the same file
-            path = self.world.broadcast_object(path)
+            found = self.world.broadcast_object(found)
         self._resume_position = None
-        if path is None:
+        if found is None:
             return
+        path, requeued = found
         checkpoint = checkpoint_io.load(path)
         position, rng = checkpoint_io.restore(self, checkpoint, path)
+        hook = getattr(self.module, 'on_hpc_load', None) if requeued else None
+        if hook is not None:  # classic: a requeued job restored its HPC checkpoint
+            hook(checkpoint)
         self._resume_position = (position, rng)
+        if position.get('before') == 'fit':  # saved before the sanity check: same state now
+            self._restore_now(position, rng)
+            self._resume_position = None
         if self.world.is_zero:
             print(f'resumed from {os.fspath(path)} (epoch {self.state.epoch}, '
                   f'global step {self.state.global_step})')
 
     def _checkpoint_to_restore(self):
-        """The checkpoint this fit continues from: ``resume_from_checkpoint``, else the newest
-        HPC checkpoint of a requeued SLURM job, else an unfinished run's (``None``: none)."""
+        """``(path, requeued)`` of the checkpoint this fit continues from:
+        ``resume_from_checkpoint``, else the newest HPC checkpoint of a requeued SLURM job
+        (``requeued`` is then ``True``), else an unfinished run's; ``None`` when none."""
         path = self.resume_from_checkpoint
         if path is None and slurm_job_id() is not None and (
                 self.logger is None or getattr(self.logger, '_version', 0) is not None):
             hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
-            path = hpc[-1] if hpc else None
+            if hpc:
+                return hpc[-1], True
         if path is None:
             path = self.unfinished_run_checkpoint()
             if path is not None:
@@ -122,11 +187,11 @@ class CheckpointingMixin:
                       f'restoring its newest checkpoint, {path}')
             elif self._run_unfinished():
                 self._restart_unfinished_run()
-        return path
+        return None if path is None else (path, False)
 
     def _run_unfinished(self):
         """Whether this trainer logs into a version given by the user whose last run did not
-        finish (``run_status.json``: running, failed or interrupted)."""
+        finish (``run_status.json``: running, died, failed or interrupted)."""
         if self.logger is None or getattr(self.logger, '_version', None) is None:
             return False
         run_status = getattr(self.logger, 'run_status', None)
@@ -146,7 +211,7 @@ class CheckpointingMixin:
     def unfinished_run_checkpoint(self):
         """Auto-restore (classic): when this trainer logs into a version given by the user
         (an ``Experiment`` or logger with a version) whose run did not finish (its
-        ``run_status.json`` says running, failed or interrupted), the path of that run's
+        ``run_status.json`` says running, died, failed or interrupted), the path of that run's
         newest checkpoint in ``default_checkpoint_dir()``: the one with the most training
         batches done (not the newest file). ``None`` otherwise (also for a new version)."""
         if not self._run_unfinished():  # also: no status, not a run this library wrote
@@ -197,7 +262,7 @@ class CheckpointingMixin:
             number = int(re.search(r'(\d+)\.ckpt$', existing[-1]).group(1)) + 1 if existing else 1
             path = os.path.join(self.default_checkpoint_dir(), f'hpc_ckpt_{number}.ckpt')
         path = self.world.broadcast_object(path)
-        self.save_checkpoint(path, background=False)  # durable before the requeue
+        self._write_checkpoint(path, background=False, hpc=True)  # durable before the requeue
         job = slurm_job_id()
         if self.world.is_zero:
             requeue(job)
@@ -214,6 +279,8 @@ class CheckpointingMixin:
         ahead of the batches trained on). The resumed run then draws the same global-RNG
         stream as an uninterrupted one from the save point on."""
         loader, sampler = self._train_loader, self._resumable_sampler
+        self._batches_epoch = self.state.epoch  # from here a checkpoint is mid-epoch
+        self._resume_position = None  # a mid-epoch resume is taken up here
         if resume is None:
             if sampler is None:
                 self._epoch_start()

@@ -17,7 +17,10 @@ from .utilities import accepts, assigned_on_instance, is_overridden, positional_
 MODULE_HOOK_ARGS = {
     'on_batch_start': ('batch',), 'on_before_zero_grad': ('optimizer',),
     'optimizer_step': ('epoch_nb', 'batch_nb', 'optimizer', 'optimizer_i'),
+    'backward': ('use_amp', 'loss', 'optimizer'),
 }
+#: hooks that need their arguments (no seed-style form without any)
+NO_SEED_FORM = ('optimizer_step', 'backward')
 
 STEP_ARGS = {
     'training_step': ('data_batch', 'batch_nb', 'optimizer_i'),
@@ -36,15 +39,15 @@ def adapt_module_hook(module, name):
     """The module's override of hook ``name`` as a callable taking the classic arguments,
     or ``None`` when the module keeps the no-op default. An override is a method of the
     module's class or a callable assigned on the instance (``model.on_epoch_start = fn``,
-    which takes no ``self``). Every hook but ``optimizer_step`` may also take no arguments
-    (seed style)."""
+    which takes no ``self``). Every hook but ``optimizer_step`` and ``backward`` may also take
+    no arguments (seed style)."""
     if not is_overridden(module, name, RootModule):
         return None
     fn = getattr(module, name)
     expected = MODULE_HOOK_ARGS.get(name, ())
     if accepts(fn, len(expected)):
         return fn
-    seed_style = name != 'optimizer_step'
+    seed_style = name not in NO_SEED_FORM
     if seed_style and accepts(fn, 0):
         return _drop_args(fn)
     required, _ = positional_arity(fn)
@@ -97,10 +100,28 @@ def step_arity(module, name, count=1, loader_name=None):
         f"`def {name}(self, {', '.join(STEP_ARGS[name])})` (trailing arguments optional).")
 
 
+def backward_runner(module, precision):
+    """What the loop runs backward with, as ``backward(loss, optimizer)`` (``loss`` divided by
+    the accumulation window): the precision part's ``backward``, or, when the module
+    overrides the classic ``backward(use_amp, loss, optimizer)`` hook, that override given
+    ``precision.scale(loss)`` (under float16 the scaled loss, so ``unscale`` stays right)."""
+    override = adapt_module_hook(module, 'backward')
+    if override is None:
+        def backward(loss, optimizer):
+            precision.backward(loss)
+        return backward
+    use_amp = precision.dtype is not None
+
+    def module_backward(loss, optimizer):
+        override(use_amp, precision.scale(loss), optimizer)
+    return module_backward
+
+
 class HookDispatcher:
     """Per-fit table of hook callables: ``hooks[name]`` is a list, module first, then the
     callbacks in the order given. ``module_on_batch_start`` is kept apart because its
-    return value (-1 ends the epoch) matters."""
+    return value (-1 ends the epoch) matters; ``backward(loss, optimizer)`` runs a training
+    step's backward (see ``backward_runner``)."""
 
     def __init__(self, trainer, module, callbacks):
         self.hooks = {name: [] for name in set(MODULE_HOOKS) | set(CALLBACK_HOOKS)}
@@ -120,6 +141,7 @@ class HookDispatcher:
                 if is_overridden(cb, name, Callback) and name not in cb.skip_hooks:
                     self.hooks[name].append(functools.partial(getattr(cb, name), trainer, module))
         self.module_optimizer_step = adapt_module_hook(module, 'optimizer_step')
+        self.backward = backward_runner(module, trainer.precision)
         self.optimizer_step_takes_closure = (
             self.module_optimizer_step is not None
             and 'second_order_closure' in inspect.signature(self.module_optimizer_step).parameters)

@@ -320,9 +320,10 @@ def plain_types(value):
     return value
 
 
-def dump(trainer, position, durable_logs=False, ranks=None):
+def dump(trainer, position, durable_logs=False, ranks=None, rng=None):
     """The checkpoint dict for ``trainer`` right now. ``position`` says where the loop
-    stands (see ``Trainer._position``). Every part contributes its own ``state_dict()``.
+    stands (see ``Trainer._loop_position``) and ``rng`` is the random state that goes with it
+    (``None``: the generators' state now). Every part contributes its own ``state_dict()``.
     ``durable_logs``: wait until the logger's rows are on disk (see ``TestTubeLogger``).
     ``ranks``: with several processes, each rank's ``{'position', 'rng'}`` in rank order
     (``restore`` gives each rank its own back when the world has the same size).
@@ -352,7 +353,7 @@ def dump(trainer, position, durable_logs=False, ranks=None):
         'hparams_typed': typed,
         'trainer_state': trainer.state.state_dict(),
         'position': position,
-        'rng': capture_rng(),
+        'rng': capture_rng() if rng is None else rng,
         'optimizers': [opt.state_dict() for opt in trainer.optimizers],
         'lr_schedulers': [sched.state_dict() for sched in trainer.lr_schedulers],
         'callbacks': dict(zip(callback_keys(callbacks), (cb.state_dict() for cb in callbacks))),

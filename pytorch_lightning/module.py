@@ -265,6 +265,16 @@ class RootModule(nn.Module):
         from .utilities.transfer import move_to_device
         return move_to_device(batch, device, non_blocking=device.type == 'cuda')
 
+    def backward(self, use_amp, loss, optimizer):
+        """Classic hook: the backward pass of one training step, in place of the trainer's.
+        Runs once per ``training_step`` (with LBFGS, once per evaluation of the closure), with
+        ``use_amp`` (``True`` under ``Trainer(use_amp=True)``), ``loss`` (what ``training_step``
+        returned, divided by the accumulation window's size when it is more than 1, and
+        under float16 AMP already multiplied by the loss scaler's scale: do not scale it
+        again) and the ``optimizer`` this step is for. The return value is ignored. Default:
+        ``loss.backward()``, which is what the trainer does when this is not overridden."""
+        loss.backward()
+
     def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
         """Step the optimizer; override for warm-up, schedules per step, etc.
         The trainer calls ``on_before_zero_grad`` and ``zero_grad`` after it."""

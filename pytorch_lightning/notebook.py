@@ -187,7 +187,8 @@ def runs(save_path, name='lightning_logs'):
     - one column per hyperparameter (from ``hparams.json``, else ``meta_tags.csv``; a name that
       clashes with another column is prefixed ``hparam_``);
     - ``status``: 'running', 'finished', 'failed' or 'interrupted' from ``run_status.json``,
-      ``None`` when the logger has not written one;
+      ``None`` when the logger has not written one; 'died' when it says 'running' but the
+      process that wrote it ran on this host and is gone (see ``read_run_status``);
     - ``epochs`` (highest ``epoch`` + 1) and ``steps`` (highest ``step``);
     - for each numeric metric ``m`` in metrics.csv: ``m_last`` (its last logged value) and
       ``m_best`` (min, or max for names containing 'acc'; NaN values ignored);

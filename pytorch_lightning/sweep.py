@@ -357,11 +357,14 @@ def error_of(lines):
 
 
 def trial_status(run_status, log):
-    """A trial's status from its ``run_status.json`` (``run_status``: the logger's word, or
-    ``None``) and its ``TrialLog``: 'finished', 'failed', 'interrupted', 'running' or
-    'pending' (never started). A run the logger recorded as finished stays finished when the
-    sweep stopped its process afterwards (it was ending); a script that fails after a
-    finished ``fit`` is 'failed'."""
+    """A trial's status from its ``run_status.json`` (``run_status``: what
+    ``read_run_status`` reads, or ``None``) and its ``TrialLog``: 'finished', 'failed',
+    'interrupted', 'running', 'died' (no exit was recorded and the logger's 'running' names
+    a process on this host that is gone: killed together with the sweep) or 'pending'
+    (never started). An exit code the sweep recorded wins over 'died' (a SIGKILL is then
+    'failed'). A run the logger recorded as finished stays finished when the sweep stopped
+    its process afterwards (it was ending); a script that fails after a finished ``fit`` is
+    'failed'."""
     code = log.exit_code
     if code is None:  # the last run has not ended (or no run started)
         if run_status is None:
@@ -378,7 +381,7 @@ def trial_status(run_status, log):
 def _needs_run(exp_dir, trial, cluster):
     """Whether ``--resume`` runs ``trial`` again: not when it finished, nor when its logger
     recorded a finished run (running it again would add a second run to that version), nor,
-    on SLURM, while its job is running."""
+    on SLURM, while its job is running (a 'died' trial runs again: its process is gone)."""
     log_dir = os.path.join(exp_dir, f"version_{trial['version']}")
     run_status = read_run_status(log_dir)
     status = trial_status(run_status, read_trial_log(trial_log(exp_dir, trial['version']), 0))
@@ -806,10 +809,10 @@ class SweepResult:
 
     @property
     def exit_code(self):
-        """For a command line: 130 when interrupted, 1 when a trial failed, else 0."""
+        """For a command line: 130 when interrupted, 1 when a trial failed or died, else 0."""
         if self.interrupted:
             return 130
-        if self.table is not None and (self.table['status'] == 'failed').any():
+        if self.table is not None and self.table['status'].isin(('failed', 'died')).any():
             return 1
         return 0
 

@@ -16,6 +16,7 @@ from ._checkpointing import CheckpointingMixin, _Preempted
 from ._dispatch import HookDispatcher, step_arity
 from ._distributed import DistributedMixin
 from ._evaluation import EvaluationMixin, _total
+from .callbacks._monitor import notice
 from .callbacks.early_stopping import EarlyStopping
 from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
@@ -65,7 +66,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                             loss = training_step(batch, batch_nb[, optimizer_i])  # autocast
                             NaN/inf check (CPU: now; accelerators: a flag read every
                                 add_log_row_interval batches and before each checkpoint)
-                            backward(loss / accumulation window size)   # scaled (float16)
+                            backward(loss / accumulation window size)   # scaled (float16);
+                                the module's backward(use_amp, loss, optimizer) if overridden
                             on_after_backward
                             if the accumulation window is complete:
                                 unscale; callbacks.on_before_optimizer_step; clip gradients
@@ -85,7 +87,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                     callbacks.on_save_point                   # checkpoints are written here
                     decision point (every batch; under DDP every add_log_row_interval batches,
                             after a validation point and at epoch end, agreed by all ranks):
-                        if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt, requeue, exit(0)
+                        if SIGUSR1 arrived (SLURM): write hpc_ckpt_<n>.ckpt (on_hpc_save),
+                            requeue, exit(0)
                         if state.should_stop and epoch >= min_nb_epochs: end the epoch
                 step an unfinished accumulation window
                 on_epoch_end
@@ -181,7 +184,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self._scheduler_configs, self.optimizer_frequencies, self._stepped = [], None, ()
         self.optimizers, self.lr_schedulers = [], []
         self.nb_training_batches = self.nb_val_batches = self.nb_test_batches = 0
-        self.nb_batches_this_epoch = 0
+        self.nb_batches_this_epoch = self.nb_batches_done_at_epoch_start = 0
         self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
         self._recent_losses = collections.deque(maxlen=20)
         self.val_metrics, self._test_metrics = {}, {}
@@ -529,12 +532,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
     # ------------------------------------------------------------------ loop
     def _train(self):
         state = self.state
-        self._epoch_done = False
-        start, resume = state.epoch, self._resume_position
-        self._resume_position = None
-        if resume is not None and resume[0]['epoch_complete']:
-            self._restore_now(*resume)
-            start, resume = start + 1, None
+        start, resume = self._start_position()
         for epoch in range(start, self.max_nb_epochs):
             state.epoch = epoch
             state.stage = 'train'
@@ -574,8 +572,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         val_epoch = (epoch + 1) % self.check_val_every_n_epoch == 0
         val_every = self._val_every if val_epoch else 0
         nb_val = self.nb_val_batches
-        self.nb_batches_this_epoch = None if nb is None or (val_every and nb_val is None) else (
-            nb + ((nb // val_every) * nb_val if val_every else 0))
+        self.nb_batches_this_epoch = _with_validation(nb, val_every, nb_val)
+        done = 0 if resume is None else resume[0]['batches_done']  # mid-epoch resume
+        self.nb_batches_done_at_epoch_start = (  # unknown validation: the training batches
+            _with_validation(done, val_every, nb_val) or done)
         hooks.call('on_epoch_start')
         self._epoch_accumulation = self._accumulation_for(epoch)
         device = self.device if self.device.transfers_batches else None
@@ -722,7 +722,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             loss, prog, log = self._parse_training_output(out)
             self._check_loss(loss, batch_idx, opt_i)
             window = self._window
-            self.precision.backward(loss / window if window > 1 else loss)
+            self._hooks.backward(loss / window if window > 1 else loss, optimizer)
         finally:
             for param in frozen:
                 param.requires_grad_(True)
@@ -858,7 +858,16 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
     def _print_nan_grads(self):
         for name, param in self.module.named_parameters():
             if param.grad is not None and not torch.isfinite(param.grad).all():
-                print(f'non-finite gradient in {name}: {param.grad}')
+                notice(f'non-finite gradient in {name}: {param.grad}')  # clear of the bar
+
+def _with_validation(batches, val_every, nb_val):
+    """``batches`` training batches plus the validation batches run at the validation points
+    among them (every ``val_every`` batches; none when it is 0 or ``None``); ``None`` when
+    that is unknown (``batches`` or, with validation points, ``nb_val`` is ``None``)."""
+    if not val_every or batches is None:
+        return batches
+    return None if nb_val is None else batches + (batches // val_every) * nb_val
+
 
 def _detached(hiddens):
     """``hiddens`` (a tensor, or tuples/lists of them) cut from the graph of the last split."""

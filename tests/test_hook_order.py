@@ -41,6 +41,10 @@ class Recording(TinyModel):
         self.log.append(f'optimizer_step:{epoch_nb}:{batch_nb}')
         optimizer.step()
 
+    def backward(self, use_amp, loss, optimizer):  # classic: replaces the trainer's backward
+        self.log.append('backward')
+        loss.backward()
+
     @property
     def val_dataloader(self):
         from models import make_loader
@@ -90,7 +94,7 @@ def expected_order(epochs=2, train_batches=4, val_batches=2, sanity=2, accumulat
         for b in range(train_batches):
             # the closure (training_step, backward) runs before the module's classic
             # optimizer_step override; gradients are complete before the step
-            seq += ['on_batch_start', 'cb.on_batch_start', f'training_step:{b}',
+            seq += ['on_batch_start', 'cb.on_batch_start', f'training_step:{b}', 'backward',
                     'on_after_backward', 'cb.on_after_backward']
             if (b + 1) % accumulate == 0:
                 seq += ['cb.on_before_optimizer_step', f'optimizer_step:{epoch}:{b}',

@@ -298,3 +298,80 @@ def test_a_finished_or_new_version_is_not_restored(tmp_path, capsys):
     trainer.fit(TinyModel())
     assert 'did not finish' not in capsys.readouterr().out
     assert trainer.state.total_batches == 8
+
+
+# ------------------------------------------------------------------------------ run status
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.loggers import TestTubeLogger
+    from models import TinyModel
+
+    class Stalls(TinyModel):  # says where it is, then waits for its SIGKILL
+        def training_step(self, data_batch, batch_nb):
+            if self.trainer.state.total_batches == 12:
+                open(sys.argv[2], 'w').close()
+                time.sleep(120)
+            return super().training_step(data_batch, batch_nb)
+
+    Trainer(experiment=TestTubeLogger(save_dir=sys.argv[1], name='k', version=0),
+            default_save_path=sys.argv[1], progress_bar=False, print_weights_summary=False,
+            max_nb_epochs=3, nb_sanity_val_steps=0).fit(Stalls())
+""")
+
+
+def test_a_sigkilled_run_reads_as_died_and_its_version_is_restored(tmp_path, capsys):
+    """A run killed by SIGKILL leaves ``run_status.json`` saying 'running' with its pid; on
+    this host, with that pid gone, every reader reports 'died' (the logger, the notebook
+    table), and a new fit into that version still restores its newest checkpoint."""
+    from pytorch_lightning import notebook
+    from pytorch_lightning.loggers.test_tube import read_run_status
+    folder, marker = tmp_path / 'k' / 'version_0', tmp_path / 'stalled'
+    run = subprocess.Popen([sys.executable, '-c', KILLED_RUN.format(tests=TESTS), str(tmp_path),
+                            str(marker)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert run.poll() is None, run.stderr.read().decode()
+            assert time.monotonic() < deadline, 'the run never reached batch 12'
+            time.sleep(0.05)
+        assert read_run_status(folder) == 'running'  # alive: what it says is true
+        assert list(notebook.runs(tmp_path, name='k')['status']) == ['running']
+    finally:
+        run.kill()  # SIGKILL: no chance to record anything
+        run.wait(timeout=60)
+        run.stderr.close()
+    record = json.loads((folder / 'run_status.json').read_text())
+    assert record['status'] == 'running' and record['pid'] == run.pid
+    assert read_run_status(folder) == 'died'
+    assert list(notebook.runs(tmp_path, name='k')['status']) == ['died']
+
+    trainer = Trainer(experiment=TestTubeLogger(save_dir=str(tmp_path), name='k', version=0),
+                      **logged(tmp_path, max_nb_epochs=3))
+    assert trainer.logger.run_status() == 'died'
+    trainer.fit(TinyModel())
+    assert 'did not finish' in capsys.readouterr().out
+    assert trainer.state.total_batches == 24  # continued from the epoch-0 checkpoint
+    assert read_run_status(folder) == 'finished'
+
+
+def write_status(folder, **record):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'run_status.json'), 'w') as f:
+        json.dump(dict({'status': 'running', 'host': socket.gethostname(), 'at': 0}, **record), f)
+
+
+def test_running_status_of_a_reused_pid_or_another_host(tmp_path):
+    """The recorded pid now belongs to another process (a different start time): 'died'. A
+    run on another host cannot be checked from here: it stays 'running'."""
+    from pytorch_lightning.loggers.test_tube import _process_start, read_run_status
+    me, start = os.getpid(), _process_start(os.getpid())
+    write_status(tmp_path / 'reused', pid=me, start=-5)
+    write_status(tmp_path / 'mine', pid=me, start=start)
+    write_status(tmp_path / 'elsewhere', pid=me, host=socket.gethostname() + '-other')
+    write_status(tmp_path / 'ended', pid=me, start=-5, status='failed')
+    assert read_run_status(tmp_path / 'reused') == ('died' if start is not None else 'running')
+    assert read_run_status(tmp_path / 'mine') == 'running'
+    assert read_run_status(tmp_path / 'elsewhere') == 'running'
+    assert read_run_status(tmp_path / 'ended') == 'failed'  # only 'running' is checked

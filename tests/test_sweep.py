@@ -452,3 +452,34 @@ def test_a_killed_sweep_ends_its_running_trials(tmp_path, script):
     assert read_run_status(exp_dir / 'version_1') == 'interrupted'
     wait_for(lambda: read_run_status(exp_dir / 'version_0') in ('finished', 'interrupted'),
              timeout_s=60, what='trial 0 to end')
+
+
+def test_a_trial_whose_process_was_sigkilled_is_died_and_runs_again(tmp_path):
+    """A trial's process and the sweep that ran it were killed (no exit line in trial.log):
+    its logger's 'running' names a process that is gone, so the table says 'died', the
+    sweep's exit code counts it as a failure, and ``--resume`` runs it again (also on SLURM,
+    where a 'running' trial is left to its job)."""
+    exp_dir = tmp_path / 'exp'
+    script = ("import sys, time\n"
+              "from pytorch_lightning.loggers import TestTubeLogger\n"
+              "logger = TestTubeLogger(save_dir=sys.argv[1], name='exp', version=0)\n"
+              "logger.log_hyperparams({'lr': 0.1})\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, '-c', script, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'ready'
+        assert read_run_status(exp_dir / 'version_0') == 'running'
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    with open(sweep.trial_log(exp_dir, 0), 'w') as f:
+        f.write('[sweep] start version=0 at now: python t.py --lr 0.1\n')
+    trial = {'version': 0, 'hparams': {'lr': 0.1}, 'args': ['--lr', '0.1']}
+    sweep.write_trials(str(exp_dir), {'trials': [trial]})
+    table = sweep.trials_table(exp_dir)
+    assert list(table['status']) == ['died'] and table['error'][0] == ''
+    assert sweep.SweepResult(str(exp_dir), table).exit_code == 1
+    assert sweep._needs_run(str(exp_dir), trial, 'slurm')

@@ -26,17 +26,21 @@ class ProgressBar(Callback):
         self._stale = False  # something changed since the last redraw
 
     def on_epoch_start(self, trainer, module):
-        self._count = 0
+        # after a mid-epoch resume the count starts at what the epoch had done (also tqdm's
+        # `initial`, so the rate and the time left count only the batches run from here on)
+        self._count = done = trainer.nb_batches_done_at_epoch_start
         self._stale = False
         total, label = trainer.nb_batches_this_epoch, f'Epoch {trainer.state.epoch}'
         if self._bar is None:
             from tqdm.auto import tqdm
-            self._bar = tqdm(total=total, desc=label, position=self.position,
+            self._bar = tqdm(total=total, initial=done, desc=label, position=self.position,
                              dynamic_ncols=True, leave=True, unit='batch')
             return
-        # one redraw for the new epoch (reset draws): label first, last epoch's postfix off
+        # one redraw for the new epoch (reset draws): label first, last epoch's postfix off.
+        # (A resumed epoch is a fit's first, whose bar is new: `done` is 0 here.)
         self._bar.set_description(label, refresh=False)
         self._bar.set_postfix_str('', refresh=False)
+        self._bar.initial = done
         self._bar.reset(total=total)
 
     def _tick(self, trainer):

@@ -80,14 +80,36 @@ def read_metrics_csv(path):
         return []
 
 
+def _process_gone(record):
+    """Whether the process a record names (``host``, ``pid`` and, when known, ``start``: see
+    ``_process_start``) has ended: ``True`` when it ran on this host and its pid no longer
+    exists or now belongs to a process started at another time; ``False`` when it still runs;
+    ``None`` when this host cannot tell (another host, or no pid recorded)."""
+    pid = record.get('pid')
+    if record.get('host') != socket.gethostname() or not isinstance(pid, int):
+        return None
+    if not pid_alive(pid):
+        return True
+    start = _process_start(pid)
+    return start is not None and record.get('start') is not None and start != record['start']
+
+
 def read_run_status(folder):
     """The status the logger recorded in ``folder/run_status.json`` ('running', 'finished',
-    'failed' or 'interrupted'), or ``None`` when there is none (or it cannot be read)."""
+    'failed' or 'interrupted'), or ``None`` when there is none (or it cannot be read).
+
+    A record that says 'running' is checked against its process: when that process ran on
+    this host and is gone (killed by SIGKILL or the OOM killer, so it never recorded how it
+    ended), this returns 'died' instead. A run on another host is reported as recorded."""
     try:
         with open(os.path.join(os.fspath(folder), STATUS_FILE)) as f:
-            return json.load(f).get('status')
+            record = json.load(f)
+        status = record.get('status')
     except (OSError, ValueError, AttributeError):
         return None
+    if status == 'running' and _process_gone(record):
+        return 'died'
+    return status
 
 
 def next_free_version(root):
@@ -154,12 +176,9 @@ class FolderLock:
             return {}  # unreadable: judged by its age below
 
     def _stale(self, owner):
-        if owner.get('host') == socket.gethostname() and 'pid' in owner:
-            pid = owner['pid']
-            if not pid_alive(pid):
-                return True
-            start = _process_start(pid)
-            return start is not None and owner.get('start') is not None and start != owner['start']
+        gone = _process_gone(owner)
+        if gone is not None:
+            return gone
         try:  # another host (or unreadable): alive while it keeps touching the file
             return time.time() - os.path.getmtime(self.path) > STALE_AFTER_S
         except FileNotFoundError:
@@ -567,11 +586,12 @@ class TestTubeLogger(LightningLoggerBase):
 
     def _write_status(self, status):
         """``run_status.json``: whether the run writing this version is running, finished,
-        failed or was interrupted (a later run of the same version reads it)."""
+        failed or was interrupted (a later run of the same version reads it), with the host,
+        pid and start of the process that wrote it (``read_run_status`` checks them)."""
         if self.debug:
             return
         record = {'status': status, 'host': socket.gethostname(), 'pid': os.getpid(),
-                  'at': time.time()}
+                  'start': _process_start(os.getpid()), 'at': time.time()}
         path = os.path.join(self.log_dir, STATUS_FILE)
         with open(path + '.tmp', 'w') as f:
             json.dump(record, f)
@@ -579,7 +599,8 @@ class TestTubeLogger(LightningLoggerBase):
 
     def run_status(self):
         """What ``run_status.json`` in this version's folder records (see ``finalize``), or
-        ``None``: how the last run that wrote this version ended."""
+        ``None``: how the last run that wrote this version ended ('died' for a run that says
+        'running' but whose process on this host is gone; see ``read_run_status``)."""
         return None if self._version is None else read_run_status(self.log_dir)
 
     def __getstate__(self):

@@ -16,6 +16,11 @@ class FullPrecision:
     def autocast(self):
         return self._no_autocast
 
+    def scale(self, loss):
+        """The loss backward must run on: ``loss`` itself here (what a module's ``backward``
+        override receives)."""
+        return loss
+
     def backward(self, loss):
         loss.backward()
 
@@ -53,8 +58,13 @@ class MixedPrecision(FullPrecision):
     def autocast(self):
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    def scale(self, loss):
+        """float16: ``loss`` multiplied by the scaler's scale (``unscale`` divides the
+        gradients by it again); bfloat16: ``loss`` itself."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
     def backward(self, loss):
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        self.scale(loss).backward()
 
     def unscale(self, optimizer):
         if self.scaler is not None and id(optimizer) not in self._unscaled:
