@@ -53,13 +53,13 @@ POLL_S = 0.1
 SBATCH_TIMEOUT_S = 120.0
 #: The flags ``add_sweep_args`` adds: they steer the sweep and never reach a trial.
 SWEEP_DESTS = ('search', 'nb_trials', 'workers', 'resume', 'report', 'sort_by', 'sort_mode',
-               'cluster', 'slurm_partition', 'slurm_time', 'slurm_gpus', 'slurm_nodes',
+               'trial_time', 'cluster', 'slurm_partition', 'slurm_time', 'slurm_gpus', 'slurm_nodes',
                'slurm_ntasks_per_node', 'slurm_mem', 'slurm_conda_env', 'slurm_modules',
                'slurm_line', 'slurm_grace')
 _STRATEGIES = {'grid': 'grid_search', 'random': 'random_search'}
 # the lines the sweep (or the sbatch script) writes into trial.log around each run
 _START = re.compile(r'^\[sweep\] start version=')
-_EXIT = re.compile(r'^\[sweep\] exit code=(-?\d+) wall_s=([0-9.]+)( stopped)?\s*$')
+_EXIT = re.compile(r'^\[sweep\] exit code=(-?\d+) wall_s=([0-9.]+)( stopped| time limit)?\s*$')
 # exit codes of a process stopped by SIGINT or SIGTERM (killed by it, or 128 + signal)
 _STOP_CODES = {-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM}
 
@@ -70,7 +70,7 @@ def add_sweep_args(parser):
 
     Sweep flags: ``--search {grid,random}``, ``--nb_trials``, ``--workers``, ``--resume``,
     ``--report``, ``--sort_by`` (default ``val_loss``), ``--sort_mode {auto,min,max}``,
-    ``--cluster {local,slurm}``; SLURM flags: ``--slurm_partition``, ``--slurm_time``,
+    ``--trial_time`` (a local trial's time limit), ``--cluster {local,slurm}``; SLURM flags: ``--slurm_partition``, ``--slurm_time``,
     ``--slurm_gpus`` (GPUs per trial), ``--slurm_nodes``, ``--slurm_ntasks_per_node``,
     ``--slurm_mem``, ``--slurm_conda_env``, ``--slurm_modules`` (comma-separated),
     ``--slurm_line`` (an extra ``#SBATCH`` line, repeatable), ``--slurm_grace`` (seconds
@@ -93,6 +93,11 @@ def add_sweep_args(parser):
     group.add_argument('--sort_mode', choices=('auto', 'min', 'max'), default='auto',
                        help="best is the lowest value (min) or the highest (max); auto: max for "
                             "names containing 'acc', else min")
+    group.add_argument('--trial_time', default=None, metavar='[[H:]M:]S',
+                       help="time limit of each local trial, e.g. 1:30:00 or 600 (seconds). At "
+                            "the limit the trial gets SIGTERM (it saves its logs and checkpoint) "
+                            "and is 'timeout' in the table; --resume continues it with a fresh "
+                            "limit. On SLURM use --slurm_time")
     group.add_argument('--cluster', choices=('local', 'slurm'), default='local',
                        help='local: run the trials here; slurm: submit one sbatch job per trial')
     slurm = parser.add_argument_group('SLURM (--cluster slurm)')
@@ -118,6 +123,28 @@ class _AppendLine(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, tuple(getattr(namespace, self.dest, None) or ()) + (values,))
+
+
+def parse_duration(text, flag='--trial_time'):
+    """Seconds (a float) from ``text``: seconds (``600``, ``2.5``) or ``[H:]M:S``
+    (``1:30:00``, ``10:00``). ``None`` stays ``None``. Anything else, or a limit that is not
+    positive, raises ``MisconfigurationException`` naming ``flag``."""
+    if text is None:
+        return None
+    parts = str(text).strip().split(':')
+    try:
+        if len(parts) > 3 or (len(parts) > 1 and not all(p.isdigit() for p in parts[:-1])):
+            raise ValueError
+        seconds = 0.0
+        for part in parts:
+            seconds = seconds * 60 + float(part)
+    except ValueError:
+        seconds = None
+    if seconds is None or not seconds > 0 or math.isinf(seconds):
+        raise MisconfigurationException(
+            f'{flag} {text!r}: expected a positive time limit in seconds (600) or as '
+            f'[H:]M:S (1:30:00).')
+    return seconds
 
 
 def is_sweep(hparams):
@@ -293,7 +320,7 @@ def write_trials(exp_dir, spec):
 
 def read_trials(exp_dir):
     """The record ``trials.json`` holds: ``{'script', 'cwd', 'search', 'cluster', 'gpus',
-    'workers', 'slurm', 'trials': [{'version', 'hparams', 'args'}, ...]}``. Raises
+    'workers', 'slurm', 'trial_time_s', 'trials': [{'version', 'hparams', 'args'}, ...]}``. Raises
     ``MisconfigurationException`` when the folder has no sweep."""
     path = os.path.join(os.fspath(exp_dir), TRIALS_FILE)
     try:
@@ -314,6 +341,7 @@ class TrialLog:
     runs: int = 0                   # '[sweep] start' lines
     exit_code: Optional[int] = None  # of the last run, None when it has not ended
     stopped: bool = False           # the last run was stopped by the sweep (Ctrl-C)
+    timed_out: bool = False         # ... or at its --trial_time limit
     wall_s: Optional[float] = None  # seconds, summed over the runs that ended
     last_lines: List[str] = field(default_factory=list)  # the last run's output
 
@@ -330,11 +358,13 @@ def read_trial_log(path, keep=40):
     for line in re.split(r'[\r\n]+', text):
         if _START.match(line):
             log.runs += 1
-            log.exit_code, log.stopped, current = None, False, []
+            log.exit_code, log.stopped, log.timed_out, current = None, False, False, []
             continue
         match = _EXIT.match(line)
         if match:
-            log.exit_code, log.stopped = int(match.group(1)), bool(match.group(3))
+            log.exit_code = int(match.group(1))
+            log.stopped = match.group(3) == ' stopped'
+            log.timed_out = match.group(3) == ' time limit'
             walls.append(float(match.group(2)))
             continue
         if line.strip():
@@ -359,7 +389,8 @@ def error_of(lines):
 def trial_status(run_status, log):
     """A trial's status from its ``run_status.json`` (``run_status``: what
     ``read_run_status`` reads, or ``None``) and its ``TrialLog``: 'finished', 'failed',
-    'interrupted', 'running', 'died' (no exit was recorded and the logger's 'running' names
+    'interrupted', 'timeout' (the sweep stopped it at its ``--trial_time``, before it
+    finished), 'running', 'died' (no exit was recorded and the logger's 'running' names
     a process on this host that is gone: killed together with the sweep) or 'pending'
     (never started). An exit code the sweep recorded wins over 'died' (a SIGKILL is then
     'failed'). A run the logger recorded as finished stays finished when the sweep stopped
@@ -370,6 +401,8 @@ def trial_status(run_status, log):
         if run_status is None:
             return 'running' if log.runs else 'pending'
         return run_status
+    if log.timed_out and run_status != 'finished':
+        return 'timeout'
     stopped = log.stopped or code in _STOP_CODES
     if code == 0 or (stopped and run_status == 'finished'):
         return run_status if run_status in ('failed', 'interrupted') else 'finished'
@@ -541,11 +574,13 @@ class _Running:
     def __init__(self, trial, proc, gpu, log_path):
         self.trial, self.proc, self.gpu, self.log_path = trial, proc, gpu, log_path
         self.start = time.monotonic()
-        self.stopped = False
+        self.stopped = False  # False, or why the sweep stopped it: 'stopped' / 'time limit'
+        self.kill_at = None  # stopped at its time limit: killed if still running then
 
 
 def run_local(exp_dir, spec, trials, workers=1, gpus=None, threads=None,
-              stop_timeout_s=STOP_TIMEOUT_S, popen=subprocess.Popen, out=None):
+              stop_timeout_s=STOP_TIMEOUT_S, popen=subprocess.Popen, out=None,
+              time_limit_s=None):
     """Run ``trials`` (entries of ``spec['trials']``) as subprocesses of this process, at most
     ``workers`` at a time and, with ``gpus`` (a list of ``CUDA_VISIBLE_DEVICES`` names), each
     on a GPU no other running trial has. Each trial runs ``python <spec['script']> <args>`` in
@@ -555,7 +590,10 @@ def run_local(exp_dir, spec, trials, workers=1, gpus=None, threads=None,
     SIGINT or SIGTERM to this process stops the sweep: no new trial starts, the running ones
     get the same signal (the library saves their logs and checkpoints) and up to
     ``stop_timeout_s`` seconds to end; a second signal, or the timeout, kills them. Returns
-    ``True`` when the sweep was stopped this way, ``False`` when every trial ran."""
+    ``True`` when the sweep was stopped this way, ``False`` when every trial ran.
+
+    ``time_limit_s``: a trial running this long gets SIGTERM (its process group), and SIGKILL
+    if it still runs ``stop_timeout_s`` later; its exit line says ``time limit``."""
     out = sys.stdout if out is None else out
     if workers < 1:
         raise MisconfigurationException(f'--workers {workers}: expected at least 1.')
@@ -595,7 +633,7 @@ def run_local(exp_dir, spec, trials, workers=1, gpus=None, threads=None,
             wall = time.monotonic() - run.start
             with open(run.log_path, 'a') as log:
                 log.write(f"\n[sweep] exit code={code} wall_s={wall:.1f}"
-                          f"{' stopped' if run.stopped else ''}\n")
+                          f"{' ' + run.stopped if run.stopped else ''}\n")
             status = trial_status(read_run_status(os.path.dirname(run.log_path)),
                                   read_trial_log(run.log_path, keep=0))
             print(f'[sweep] version {version} {status} (exit code {code}, {wall:.1f} s)',
@@ -613,6 +651,8 @@ def run_local(exp_dir, spec, trials, workers=1, gpus=None, threads=None,
                 running[trial['version']] = launch(trial, gpu)
             time.sleep(POLL_S)
             reap()
+            if time_limit_s is not None:
+                _enforce_time_limit(running.values(), time_limit_s, stop_timeout_s, out)
     finally:
         if running:
             signum = requests.signum or signal.SIGINT
@@ -623,6 +663,21 @@ def run_local(exp_dir, spec, trials, workers=1, gpus=None, threads=None,
             _stop(running, signum, stop_timeout_s, requests, reap)
         requests.uninstall()
     return bool(requests.count)
+
+
+def _enforce_time_limit(runs, limit_s, stop_timeout_s, out):
+    """SIGTERM to each trial that reached ``limit_s``; SIGKILL to one that outlived the
+    ``stop_timeout_s`` it then had."""
+    now = time.monotonic()
+    for run in runs:
+        if not run.stopped and now - run.start >= limit_s:
+            run.stopped, run.kill_at = 'time limit', now + stop_timeout_s
+            print(f"[sweep] version {run.trial['version']} reached its time limit "
+                  f"({limit_s:.0f} s): SIGTERM (it saves its logs and checkpoint)", file=out)
+            _signal_group(run.proc, signal.SIGTERM)
+        elif run.kill_at is not None and now >= run.kill_at:
+            run.kill_at = None
+            _signal_group(run.proc, signal.SIGKILL)
 
 
 def _signal_group(proc, signum):
@@ -637,7 +692,7 @@ def _signal_group(proc, signum):
 def _stop(running, signum, timeout_s, requests, reap):
     signals_seen = requests.count
     for run in running.values():
-        run.stopped = True
+        run.stopped = run.stopped or 'stopped'
         _signal_group(run.proc, signum)
     deadline = time.monotonic() + timeout_s
     while running and time.monotonic() < deadline and requests.count <= signals_seen:
@@ -854,18 +909,31 @@ def run_sweep(parser, hparams, script, exp_dir, out=None, stop_timeout_s=STOP_TI
         spec = _new_sweep(parser, hparams, script, exp_dir, out)
         todo = spec['trials']
     if spec['cluster'] == 'slurm':
+        _time_limit(hparams, 'slurm')  # refused
         options = SlurmOptions(**spec['slurm'])
         jobs = submit_slurm(exp_dir, spec, todo, options, out=out)
         print(f'[sweep] {len(jobs)} job(s) submitted. The table, once they ran: the same '
               f'command with --report instead of --search.', file=out)
         return SweepResult(exp_dir, jobs=jobs)
     workers = hparams.workers or spec['workers'] or (len(spec['gpus']) if spec['gpus'] else 1)
+    time_limit_s = _time_limit(hparams, 'local') or spec.get('trial_time_s')
     interrupted = run_local(exp_dir, spec, todo, workers=workers, gpus=spec['gpus'],
-                            stop_timeout_s=stop_timeout_s, out=out)
+                            stop_timeout_s=stop_timeout_s, out=out, time_limit_s=time_limit_s)
     result = _finish(SweepResult(exp_dir, interrupted=interrupted), metric, mode, out)
     if interrupted:
         print('[sweep] stopped. Run the same command with --resume to continue.', file=out)
     return result
+
+
+def _time_limit(hparams, cluster):
+    """``--trial_time`` in seconds (``None`` when not given); refused on SLURM."""
+    text = getattr(hparams, 'trial_time', None)
+    if text is not None and cluster == 'slurm':
+        raise MisconfigurationException(
+            f"--trial_time {text} limits local trials; a SLURM trial has its job's limit: "
+            f"pass --slurm_time instead (the trial then checkpoints and requeues itself when "
+            f"the limit nears).")
+    return parse_duration(text)
 
 
 def _finish(result, metric, mode, out):
@@ -883,6 +951,7 @@ def _new_sweep(parser, hparams, script, exp_dir, out):
             "TestTubeLogger(save_dir, name, version=hparams.version): each trial logs into "
             "the version given by its index.")
     cluster = hparams.cluster
+    time_limit_s = _time_limit(hparams, cluster)
     trials = make_trials(parser, hparams.search, hparams.nb_trials)
     taken = [v for v in range(len(trials))
              if os.path.exists(os.path.join(exp_dir, f'version_{v}'))]
@@ -908,6 +977,7 @@ def _new_sweep(parser, hparams, script, exp_dir, out):
             base['gpus'] = '1'  # each trial sees exactly one GPU: its own
     spec = {'script': os.path.abspath(script), 'cwd': os.getcwd(), 'search': hparams.search,
             'cluster': cluster, 'gpus': gpus, 'workers': hparams.workers, 'slurm': slurm,
+            'trial_time_s': time_limit_s,
             'created_at': time.strftime('%Y-%m-%d %H:%M:%S'), 'trials': []}
     for version, values in enumerate(trials):
         args = trial_command(parser, {**base, **values, 'version': version})

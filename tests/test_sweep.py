@@ -268,6 +268,48 @@ def test_ctrl_c_stops_the_trials_and_kills_those_that_ignore_it(tmp_path, monkey
     assert signal.getsignal(signal.SIGINT) is handler  # the sweep's handler is gone
 
 
+def test_trial_time_limit_stops_a_trial_and_kills_one_that_ignores_sigterm(tmp_path):
+    """--trial_time: a trial still running at its limit gets SIGTERM and is 'timeout'; one
+    that ignores SIGTERM is killed stop_timeout_s later; a trial within its limit is not
+    touched, and the sweep itself is not 'stopped'."""
+    child = tmp_path / 'trial.py'
+    child.write_text('import os, signal, sys, time\n'
+                     'print("pid", os.getpid(), flush=True)\n'
+                     'if sys.argv[1] == "stubborn":\n'
+                     '    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
+                     'time.sleep(0.1 if sys.argv[1] == "quick" else 120)\n')
+    trials = [{'version': v, 'hparams': {}, 'args': [kind]}
+              for v, kind in enumerate(['quick', 'slow', 'stubborn'])]
+    spec = {'script': str(child), 'cwd': str(tmp_path), 'trials': trials}
+    start = time.monotonic()
+    stopped = sweep.run_local(str(tmp_path), spec, trials, workers=3, stop_timeout_s=1.0,
+                              time_limit_s=2.0)
+    assert not stopped and time.monotonic() - start < 30
+    logs = [sweep.read_trial_log(sweep.trial_log(tmp_path, v)) for v in range(3)]
+    assert logs[0].exit_code == 0 and not logs[0].timed_out
+    assert sweep.trial_status(None, logs[0]) == 'finished'
+    assert logs[1].exit_code == -signal.SIGTERM and logs[1].timed_out and not logs[1].stopped
+    assert logs[2].exit_code == -signal.SIGKILL and logs[2].timed_out
+    assert [sweep.trial_status(None, log) for log in logs[1:]] == ['timeout', 'timeout']
+    # a run that finished before the signal took effect stays finished
+    assert sweep.trial_status('finished', logs[1]) == 'finished'
+    for log in logs:
+        pid = int(next(line for line in log.last_lines if line.startswith('pid')).split()[1])
+        assert not pid_alive(pid)
+
+
+def test_trial_time_is_parsed_and_refused_on_slurm(tmp_path):
+    assert sweep.parse_duration('600') == 600 and sweep.parse_duration('1:30:00') == 5400
+    assert sweep.parse_duration('10:00') == 600 and sweep.parse_duration(None) is None
+    for bad in ('', 'soon', '0', '-5', '1:2:3:4', '1h', 'inf', '1.5:00'):
+        with pytest.raises(MisconfigurationException, match='--trial_time'):
+            sweep.parse_duration(bad)
+    with pytest.raises(MisconfigurationException, match='--slurm_time'):
+        trainer_main.main(['--search', 'grid', '--cluster', 'slurm', '--trial_time', '60',
+                           '--save_path', str(tmp_path)])
+    assert not (tmp_path / 'digits').exists()  # refused before anything was written
+
+
 def test_trial_log_status_and_error():
     lines = ['[sweep] start version=0 at x: python t.py', 'Traceback (most recent call last):',
              '  File "t.py", line 1', 'ValueError: first try', '[sweep] exit code=1 wall_s=2.5',
