@@ -206,7 +206,8 @@ def test_lazy_nan_check_without_the_bar(quiet, tmp_path):
     batches and before each checkpoint; fit must not return with NaN weights."""
     trainer = Trainer(**quiet(max_nb_epochs=4, add_log_row_interval=5))
     trainer.device.cheap_item = False
-    with pytest.raises(NonFiniteLossError, match=r'in training batches 13\.\.15 .*steps were taken'):
+    with pytest.raises(NonFiniteLossError,
+                       match=r'in training batches 13\.\.15 .*steps were taken'):
         trainer.fit(NaNAt())
     ckpt = ModelCheckpoint(tmp_path / 'c', every_n_steps=1)
     trainer = Trainer(**quiet(max_nb_epochs=4, add_log_row_interval=5, checkpoint_callback=ckpt))

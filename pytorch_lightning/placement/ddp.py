@@ -127,9 +127,10 @@ class DistributedDevice:
 
     Before ``join`` (in the process that launches the others, and for ``test()`` there) it
     acts as its first device alone. After ``join``, ``training_step`` runs through
-    ``DistributedDataParallel`` (built by ``prepare``), and ``validation_step``/``test_step`` through the user's module
-    itself: ranks may hold unequal evaluation shards, and a DDP forward can start a
-    collective (the buffer broadcast) that a rank with fewer batches would never join.
+    ``DistributedDataParallel`` (built by ``prepare``), and ``validation_step``/``test_step``
+    through the user's module itself: ranks may hold unequal evaluation shards, and a DDP
+    forward can start a collective (the buffer broadcast) that a rank with fewer batches
+    would never join.
 
     ``find_unused_parameters``: ``None`` sets it when there are several optimizers (the
     trainer freezes the other optimizers' parameters for each loss, so they get no gradient).
