@@ -10,13 +10,13 @@
 #                                     the benchmark runs without a logger)
 #
 # part                                       time limit   expected on one H200
-# 1. tests/test_gpu.py (one process)         150 s        about 1 min
-# 2. tests/test_gpu_ddp.py (NCCL)            120 s        under 1 min (the 2-GPU tests skip)
-# 3. benchmarks/gpu_overhead.py              180 s        about 1.5 min
+# 1. tests/test_gpu.py (one process)         120 s        about 1 min
+# 2. tests/test_gpu_ddp.py (NCCL)            100 s        under 1 min (the 2-GPU tests skip)
+# 3. benchmarks/gpu_overhead.py              150 s        about 1.5 min
 # Each part runs under `timeout` (SIGTERM, SIGKILL 10 s later); a part that fails or is
 # stopped does not stop the next. With pytest-timeout installed (the GPU image has it) every
 # test also gets its own limit, so one hung test does not cost the whole part. Worst case
-# under 9 minutes (a device call may last 10); usually about 3.5.
+# about 7.5 minutes (a device call may last 10); usually about 3.5.
 #
 # Output: an environment header, each part's output, and a summary line per part (status,
 # exit code, seconds). With $OUT set (the device tool sets it) the same text goes to
@@ -92,15 +92,15 @@ EOF
     if [ -n "$timeout_ok" ]; then
         tests+=(--timeout=90 --timeout-method=signal)
         # a spawned DDP fit: fresh interpreters, NCCL, a 60 s process group timeout
-        ddp+=(--timeout=100 --timeout-method=signal)
+        ddp+=(--timeout=80 --timeout-method=signal)
     fi
     if [ -n "${OUT:-}" ]; then
         tests+=(--junitxml="$OUT/junit-gpu.xml")
         ddp+=(--junitxml="$OUT/junit-gpu-ddp.xml")
     fi
-    part 150 'GPU tests' "$PY" "${tests[@]}"
-    part 120 'GPU DDP tests' "$PY" "${ddp[@]}"
-    part 180 'GPU benchmark' "$PY" benchmarks/gpu_overhead.py
+    part 120 'GPU tests' "$PY" "${tests[@]}"
+    part 100 'GPU DDP tests' "$PY" "${ddp[@]}"
+    part 150 'GPU benchmark' "$PY" benchmarks/gpu_overhead.py
     echo
     echo "== summary"
     printf '%s\n' "${summary[@]}"

@@ -56,8 +56,15 @@ def cuda_sync_warnings():
     ``.cpu()``, a blocking ``.to('cuda')`` from pageable memory) and each stream sync."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
+        looked_at, syncs = 0, 0
+
+        def count():  # reads only the warnings that came since the last call
+            nonlocal looked_at, syncs
+            syncs += sum('synchronizing' in str(w.message) for w in caught[looked_at:])
+            looked_at = len(caught)
+            return syncs
         torch.cuda.set_sync_debug_mode('warn')
         try:
-            yield lambda: sum('synchronizing' in str(w.message) for w in caught)
+            yield count
         finally:
             torch.cuda.set_sync_debug_mode('default')

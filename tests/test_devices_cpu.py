@@ -449,3 +449,20 @@ def test_use_amp_on_a_gpu_is_float16_with_a_cuda_loss_scaler():
     bfloat16 = make_precision(True, 'bfloat16', None, 'cuda')
     assert bfloat16.dtype == torch.bfloat16 and bfloat16.scaler is None
     assert make_precision(True, None, None, 'cpu').dtype == torch.bfloat16
+
+
+def test_the_gpu_tests_count_each_sync_warning_once(monkeypatch):
+    """tests/host_syncs.py counts torch's "called a synchronizing CUDA operation" warnings
+    (sync-debug mode 'warn', switched off after); here the warnings are issued by hand."""
+    from host_syncs import cuda_sync_warnings
+    modes = []
+    monkeypatch.setattr(torch.cuda, 'set_sync_debug_mode', modes.append)
+    sync = 'called a synchronizing CUDA operation'
+    with cuda_sync_warnings() as count:
+        warnings.warn(sync)
+        warnings.warn('something else')
+        first = count()
+        for _ in range(2):  # the same place twice: both counted (filter 'always')
+            warnings.warn(sync)
+        assert (first, count(), count()) == (1, 3, 3)
+    assert modes == ['warn', 'default']
