@@ -1,5 +1,6 @@
 """Device building blocks tested without a GPU: the ``gpus`` forms and their errors, batch
-transfer, the DataParallel reduction rule and the runner's one-device path."""
+transfer, the DataParallel reduction rule and the runner's one-device path, and the GPU device
+and precision parts as they are built (which GPU a DDP rank takes, float16 with a scaler)."""
 import collections
 import contextlib
 import threading
@@ -10,8 +11,11 @@ import pytest
 import torch
 
 from pytorch_lightning.exceptions import MisconfigurationException
+from pytorch_lightning.placement import (
+    CPUDevice, CUDADevice, DataParallelDevice, make_device, make_precision)
 from pytorch_lightning.placement.data_parallel import (
     DataParallelRunner, _slice_size, reduce_replica_outputs)
+from pytorch_lightning.placement.ddp import DistributedDevice
 from pytorch_lightning.placement.gpus import parse_gpus, root_gpu
 from pytorch_lightning.utilities.transfer import move_to_device
 
@@ -379,3 +383,86 @@ def test_replicas_of_a_root_module_share_its_attributes():
     assert type(replica) is TinyModel and replica is not model
     assert replica.hparams == {'lr': 0.1} and replica.trainer is trainer
     assert replica.batch_size == model.batch_size
+
+
+# ------------------------------------------------------------- the GPU parts, built here
+# Building the device parts touches no GPU: what each one holds, and which GPU a DDP rank
+# takes, can be checked on the CPU.
+
+
+def test_make_device_gives_each_gpus_form_its_part():
+    cpu = make_device(None, device_count=0)
+    assert type(cpu) is CPUDevice and cpu.gpu_ids is None and not cpu.transfers_batches
+    one = make_device('1,', device_count=2)
+    assert type(one) is CUDADevice and one.root == torch.device('cuda', 1)
+    assert one.gpu_ids == [1] and one.transfers_batches and not one.cheap_item
+    several = make_device([1, 0], 'dp', device_count=2)
+    assert type(several) is DataParallelDevice and several.root == torch.device('cuda', 1)
+    assert several.gpu_ids == [1, 0] and several.transfers_batches and not several.cheap_item
+
+
+def test_a_ddp_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    """Before join the DDP part acts as its first GPU; local rank r then takes gpus[r], made
+    the current device before NCCL starts on it."""
+    current = []
+    monkeypatch.setattr(torch.cuda, 'set_device', current.append)
+    device = make_device([2, 3], 'ddp', device_count=4)
+    assert type(device) is DistributedDevice and device.processes_per_node == 2
+    assert device.root == torch.device('cuda', 2) and device.gpu_ids == [2]
+    assert device.transfers_batches and not device.cheap_item
+    device.join(1)
+    assert current == [torch.device('cuda', 3)]
+    assert device.root == torch.device('cuda', 3) and device.gpu_ids == [3]
+    assert not device.cheap_item  # a NaN on one rank is agreed at decision points
+
+
+def test_cpu_ddp_ranks_check_losses_at_once_only_until_they_join():
+    device = make_device(None, 'ddp')
+    assert device.processes_per_node is None and device.root == torch.device('cpu')
+    assert device.cheap_item and not device.transfers_batches
+    device.join(1)
+    assert device.root == torch.device('cpu') and not device.cheap_item
+
+
+def test_a_gpu_device_hands_each_batch_to_the_module_hook_with_its_root():
+    calls = []
+
+    class Module:
+        def transfer_batch_to_device(self, batch, device):
+            calls.append((batch, device))
+            return 'moved'
+
+    batch = (torch.zeros(2), 'text')
+    for device in (CUDADevice(1), DataParallelDevice([1, 0]), DistributedDevice([1])):
+        assert device.to_device(Module(), batch) == 'moved'
+    assert calls == [(batch, torch.device('cuda', 1))] * 3
+
+
+def test_use_amp_on_a_gpu_is_float16_with_a_cuda_loss_scaler():
+    with warnings.catch_warnings():  # this build has no CUDA: torch warns it disables both
+        warnings.simplefilter('ignore')
+        float16 = make_precision(True, None, None, 'cuda')
+        assert float16.dtype == torch.float16 and float16.device_type == 'cuda'
+        assert isinstance(float16.scaler, torch.amp.GradScaler)
+        autocast = float16.autocast()
+        assert autocast.device == 'cuda' and autocast.fast_dtype == torch.float16
+    bfloat16 = make_precision(True, 'bfloat16', None, 'cuda')
+    assert bfloat16.dtype == torch.bfloat16 and bfloat16.scaler is None
+    assert make_precision(True, None, None, 'cpu').dtype == torch.bfloat16
+
+
+def test_the_gpu_tests_count_each_sync_warning_once(monkeypatch):
+    """tests/host_syncs.py counts torch's "called a synchronizing CUDA operation" warnings
+    (sync-debug mode 'warn', switched off after); here the warnings are issued by hand."""
+    from host_syncs import cuda_sync_warnings
+    modes = []
+    monkeypatch.setattr(torch.cuda, 'set_sync_debug_mode', modes.append)
+    sync = 'called a synchronizing CUDA operation'
+    with cuda_sync_warnings() as count:
+        warnings.warn(sync)
+        warnings.warn('something else')
+        first = count()
+        for _ in range(2):  # the same place twice: both counted (filter 'always')
+            warnings.warn(sync)
+        assert (first, count(), count()) == (1, 3, 3)
+    assert modes == ['warn', 'default']

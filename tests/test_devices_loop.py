@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.placement import FullPrecision, MixedPrecision
 
 from models import TinyModel, TrainOnlyModel
+from host_syncs import ReadsPerBatch
 from test_resume import assert_same_run, rows
 from test_resume_workers import run
 
@@ -205,7 +206,8 @@ def test_lazy_nan_check_without_the_bar(quiet, tmp_path):
     batches and before each checkpoint; fit must not return with NaN weights."""
     trainer = Trainer(**quiet(max_nb_epochs=4, add_log_row_interval=5))
     trainer.device.cheap_item = False
-    with pytest.raises(NonFiniteLossError, match=r'in training batches 13\.\.15 .*steps were taken'):
+    with pytest.raises(NonFiniteLossError,
+                       match=r'in training batches 13\.\.15 .*steps were taken'):
         trainer.fit(NaNAt())
     ckpt = ModelCheckpoint(tmp_path / 'c', every_n_steps=1)
     trainer = Trainer(**quiet(max_nb_epochs=4, add_log_row_interval=5, checkpoint_callback=ckpt))
@@ -263,30 +265,56 @@ def test_warnings_are_clean_for_a_plain_fit(quiet):
         Trainer(**quiet(use_amp=True)).fit(TinyModel())
 
 
-def test_lazy_path_reads_the_device_once_per_log_row(quiet, tmp_path, monkeypatch):
-    """Off the CPU, the running loss, the NaN flag and a log row's numbers come back in one
-    transfer per row: counted here as calls of Tensor.item/tolist on the forced lazy path."""
-    reads = []
+class SGDModel(TinyModel):
+    """Adam reads its step counters with .item() (on the host): SGD reads nothing."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def count_host_reads(monkeypatch):
+    """Count calls of Tensor.item and Tensor.tolist (the host reads of the lazy path)."""
+    reads = [0]
     for name in ('item', 'tolist'):
         real = getattr(torch.Tensor, name)
 
         def counted(self, *args, _real=real, **kwargs):
-            reads.append(1)
+            reads[0] += 1
             return _real(self, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, name, counted)
+    return lambda: reads[0]
+
+
+def test_lazy_path_reads_the_device_once_per_log_row(quiet, tmp_path, monkeypatch):
+    """Off the CPU, the running loss, the NaN flag and a log row's numbers come back in one
+    transfer per row: counted here as calls of Tensor.item/tolist on the forced lazy path."""
+    reads = count_host_reads(monkeypatch)
     trainer = Trainer(**quiet(experiment=None, nb_sanity_val_steps=0, add_log_row_interval=10,
                               checkpoint_callback=False, early_stop_callback=False))
     trainer.device.cheap_item = False
-
-    class Plain(TinyModel):  # Adam reads its step counters with .item() (on the host)
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    trainer.fit(Plain(n=640))  # 80 training steps, 8 log rows, one validation
+    trainer.fit(SGDModel(n=640))  # 80 training steps, 8 log rows, one validation
     steps = trainer.nb_training_batches
     # 8 rows (0.1 per step), plus the validation row and two host-side reads of the loader's
     # seed (CPU tensors, never a device sync)
-    assert steps == 80 and len(reads) <= 0.1 * steps + 3, len(reads)
+    assert steps == 80 and reads() <= 0.1 * steps + 3, reads()
+
+
+@pytest.mark.parametrize('experiment', [False, None])
+def test_lazy_path_reads_only_through_read_numbers(quiet, monkeypatch, experiment):
+    """What tests/test_gpu.py relies on to attribute host syncs (tests/host_syncs.py), on the
+    forced lazy path: in every training batch's window each host read is one of the trainer's
+    read_numbers calls (one transfer for the values of one device), and those come once per
+    add_log_row_interval batches: a log row, or without a logger the NaN-flag check."""
+    windows = ReadsPerBatch(count_host_reads(monkeypatch))
+    trainer = Trainer(**quiet(experiment=experiment, add_log_row_interval=5, callbacks=[windows],
+                              nb_sanity_val_steps=0, checkpoint_callback=False,
+                              early_stop_callback=False))
+    trainer.device.cheap_item = False
+    trainer.fit(SGDModel(n=160))  # 20 training batches: 19 complete windows
+    got = windows.windows()
+    assert [reads for _, reads in got] == [int((k + 1) % 5 == 0) for k in range(19)]
+    assert all(syncs == reads for syncs, reads in got), got
+    assert 'read_numbers' not in trainer.__dict__  # the counting wrapper is gone after fit
 
 
 # ------------------------------------------------------------------------------ DataParallel

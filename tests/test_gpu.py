@@ -1,7 +1,13 @@
-"""GPU tests of the device building blocks. Every test is skipped without CUDA, and the
-DataParallel tests with fewer than 2 GPUs. Run them all with ``scripts/gpu_check.sh``."""
+"""GPU tests: the device building blocks, then the Trainer on one GPU (and on two with
+DataParallel). Every test is skipped without CUDA, the DataParallel tests with fewer than 2
+GPUs, the digits example without test-tube or scikit-learn. The Trainer runs without a logger
+unless logging is what a test is about: test-tube, the default logger, may be missing on a GPU
+machine. Run them all with ``scripts/gpu_check.sh`` (docs/devices.md, "Running the GPU
+checks")."""
 import collections
+import importlib.util
 import os
+import sys
 
 os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before CUDA starts: bit-exact tests
 
@@ -9,15 +15,21 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pytorch_lightning import RootModule  # noqa: E402
+from pytorch_lightning import NonFiniteLossError, RootModule, Trainer  # noqa: E402
+from pytorch_lightning.callbacks import ModelCheckpoint  # noqa: E402
 from pytorch_lightning.exceptions import MisconfigurationException  # noqa: E402
 from pytorch_lightning.placement.data_parallel import DataParallelRunner  # noqa: E402
 from pytorch_lightning.placement.gpus import parse_gpus, root_gpu  # noqa: E402
 from pytorch_lightning.utilities.transfer import move_to_device  # noqa: E402
 
+from host_syncs import ReadsPerBatch, cuda_sync_warnings  # noqa: E402
+
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 needs_gpu = pytest.mark.skipif(GPUS < 1, reason='needs CUDA')
 needs_2_gpus = pytest.mark.skipif(GPUS < 2, reason=f'needs 2 GPUs, this machine has {GPUS}')
+HAS_TEST_TUBE = importlib.util.find_spec('test_tube') is not None
+needs_test_tube = pytest.mark.skipif(not HAS_TEST_TUBE, reason='needs test-tube (the default '
+                                     'logger): scripts/gpu_check.sh --prepare carries it')
 
 Pair = collections.namedtuple('Pair', ['x', 'y'])
 
@@ -142,21 +154,6 @@ def test_data_parallel_validation_outputs_are_gathered_per_batch():
 
 
 # ------------------------------------------------------------------------------ the Trainer
-def _digits(argv):
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'examples'))
-    import digits
-    return digits.main(argv)
-
-
-@needs_gpu
-def test_digits_on_one_gpu_reaches_95_percent(tmp_path):
-    result = _digits(['--gpus', '1', '--save_path', str(tmp_path)])
-    assert result['trainer'].device.root.type == 'cuda'
-    assert result['val_acc'] >= 0.95
-
-
 class _Tiny(RootModule):
     def __init__(self, n=2048, width=32):
         super().__init__()
@@ -178,7 +175,7 @@ class _Tiny(RootModule):
         return torch.optim.Adam(self.net.parameters(), lr=1e-3)
 
     @property
-    def tng_dataloader(self):
+    def tng_dataloader(self):  # pageable memory, as most users' loaders
         return torch.utils.data.DataLoader(self.data, batch_size=32, shuffle=True)
 
     @property
@@ -187,54 +184,128 @@ class _Tiny(RootModule):
 
 
 @needs_gpu
-@pytest.mark.parametrize('use_amp', [False, True])
-def test_host_syncs_per_training_step_at_most_a_tenth(tmp_path, use_amp):
-    """torch counts every host sync in sync-debug mode ('warn'); with the defaults (a log row
-    every 10 batches, bar redraws throttled) fit stays at <= 0.1 per step. float16's scaler
-    reads its inf flag every step: reported, not asserted."""
-    import warnings
-    from pytorch_lightning import Trainer
-    trainer = Trainer(default_save_path=str(tmp_path), gpus=1, max_nb_epochs=1,
-                      nb_sanity_val_steps=0, use_amp=use_amp, checkpoint_callback=False,
-                      early_stop_callback=False)
-    model = _Tiny()
-    torch.cuda.set_sync_debug_mode('warn')
+@pytest.mark.skipif(importlib.util.find_spec('sklearn') is None, reason='needs scikit-learn')
+@needs_test_tube  # examples/digits.py imports test-tube's argument parser
+def test_digits_on_one_gpu_reaches_95_percent(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'examples'))
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            trainer.fit(model)
+        import digits
     finally:
-        torch.cuda.set_sync_debug_mode(0)
-    syncs = sum('synchroniz' in str(w.message) for w in caught)
-    steps = trainer.nb_training_batches
-    print(f'use_amp={use_amp}: {syncs} host syncs in {steps} steps ({syncs / steps:.3f}/step)')
-    if not use_amp:
-        assert syncs / steps <= 0.1
+        sys.path.pop(0)
+    result = digits.main(['--gpus', '1', '--save_path', str(tmp_path)])
+    assert result['trainer'].device.root.type == 'cuda'
+    assert result['val_acc'] >= 0.95
 
 
 @needs_gpu
-def test_float16_amp_trains_saves_its_scaler_and_resumes_bit_exactly(tmp_path):
-    from pytorch_lightning import Trainer
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    torch.use_deterministic_algorithms(True)
+def test_a_pageable_batch_moves_to_the_gpu_without_a_host_sync():
+    """The trainer moves each batch with the module's ``transfer_batch_to_device``. A blocking
+    copy from pageable memory (a DataLoader without ``pin_memory``, the common case) makes
+    the host wait until the GPU has finished the previous step's work: one host sync per
+    tensor per batch. Copied with ``non_blocking=True``, the host only stages the bytes."""
+    model = _Tiny(n=64)
+    batch = next(iter(model.tng_dataloader))
+    with cuda_sync_warnings() as count:
+        moved = model.transfer_batch_to_device(batch, torch.device('cuda', 0))
+        syncs = count()
+    assert all(t.is_cuda for t in moved)
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(moved, batch))
+    assert syncs == 0, f'{syncs} host syncs moving a pageable batch of {len(batch)} tensors'
+
+
+@needs_gpu
+@pytest.mark.parametrize('amp, scaler_syncs', [(None, 0), ('bfloat16', 0), ('float16', 1)])
+def test_training_batches_sync_only_where_the_trainer_reads(quiet, amp, scaler_syncs):
+    """torch counts every host sync in sync-debug mode. In each training batch's window (the
+    step, backward, optimizer step, the batch's end hooks and the next batch's transfer, see
+    tests/host_syncs.py) every sync must be one of the trainer's own reads (``read_numbers``:
+    here the NaN-flag check every ``add_log_row_interval`` = 10 batches), plus, with float16,
+    the loss scaler's read of its inf flag (``GradScaler.step``, once per step)."""
+    windows = ReadsPerBatch(count=None)
+    trainer = Trainer(**quiet(gpus=1, use_amp=amp is not None, amp_dtype=amp,
+                              nb_sanity_val_steps=0, checkpoint_callback=False,
+                              early_stop_callback=False, callbacks=[windows]))
+    with cuda_sync_warnings() as count:
+        windows.count = count
+        trainer.fit(_Tiny(n=32 * 40))  # 40 steps: 39 complete windows
+        whole_fit = count()
+    got = windows.windows()
+    steps = trainer.nb_training_batches
+    print(f'amp={amp}: {whole_fit} host syncs in the whole fit (setup, validation included) '
+          f'for {steps} steps; in the training windows {sum(s for s, _ in got)} syncs, '
+          f'{sum(r for _, r in got)} of them trainer reads, over {len(got)} batches')
+    assert steps == 40 and len(got) == 39
+    assert [reads for _, reads in got] == [int((k + 1) % 10 == 0) for k in range(39)]
+    unexplained = [(k, syncs, reads) for k, (syncs, reads) in enumerate(got)
+                   if not reads <= syncs <= reads + scaler_syncs]
+    assert not unexplained, ('windows (batch, host syncs, trainer reads) with syncs the trainer '
+                             f'did not ask for: {unexplained}')
+
+
+@needs_gpu
+@needs_test_tube
+def test_trainer_defaults_sync_only_where_the_trainer_reads(tmp_path):
+    """The defaults (test-tube log rows, the progress bar, checkpoints, early stopping): every
+    sync in a training batch is a log row, a bar redraw or a flag check. Reads per step are
+    printed (a row every 10 batches is 0.1 per step; bar redraws add to it), not asserted."""
+    windows = ReadsPerBatch(count=None)
+    trainer = Trainer(default_save_path=str(tmp_path), gpus=1, max_nb_epochs=1,
+                      nb_sanity_val_steps=0, callbacks=[windows])
+    with cuda_sync_warnings() as count:
+        windows.count = count
+        trainer.fit(_Tiny(n=32 * 100))
+        whole_fit = count()
+    got = windows.windows()
+    syncs, reads = sum(s for s, _ in got), sum(r for _, r in got)
+    print(f'defaults: {whole_fit} host syncs in the whole fit, {syncs} in {len(got)} training '
+          f'windows ({syncs / len(got):.3f} per step), {reads} trainer reads')
+    unexplained = [(k, s, r) for k, (s, r) in enumerate(got) if s > r]
+    assert not unexplained, ('windows (batch, host syncs, trainer reads) with syncs the trainer '
+                             f'did not ask for: {unexplained}')
+
+
+class _NaNAt(_Tiny):
+    def training_step(self, data_batch, batch_nb):
+        loss, logs = super().training_step(data_batch, batch_nb)
+        if self.trainer.state.total_batches == 13:
+            loss = loss * float('nan')
+        return loss, logs
+
+
+@needs_gpu
+def test_a_nan_loss_is_caught_by_the_device_flag(quiet):
+    """On a GPU each loss goes into a flag on the device, read every add_log_row_interval
+    batches: the NaN of batch 13 is reported at the read after batch 14."""
+    trainer = Trainer(**quiet(gpus=1, add_log_row_interval=5, nb_sanity_val_steps=0))
+    assert not trainer.device.cheap_item
+    with pytest.raises(NonFiniteLossError, match=r'in training batches 10\.\.14 '):
+        trainer.fit(_NaNAt(n=32 * 20))
+
+
+@needs_gpu
+def test_float16_amp_trains_saves_its_scaler_and_resumes_bit_exactly(quiet, tmp_path):
+    # warn_only: an operation without a deterministic CUDA kernel warns instead of raising;
+    # the comparison below is what decides
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        def fit(epochs, resume=None, folder='a'):
+        def fit(epochs, folder, resume=None):
             torch.manual_seed(0)
             model = _Tiny(n=512)
-            trainer = Trainer(default_save_path=str(tmp_path / folder), gpus=1, use_amp=True,
-                              max_nb_epochs=epochs, progress_bar=False,
-                              checkpoint_callback=ModelCheckpoint(tmp_path / folder / 'c'),
-                              resume_from_checkpoint=resume)
+            trainer = Trainer(**quiet(gpus=1, use_amp=True, max_nb_epochs=epochs,
+                                      default_save_path=str(tmp_path / folder),
+                                      checkpoint_callback=ModelCheckpoint(tmp_path / folder / 'c'),
+                                      resume_from_checkpoint=resume))
             trainer.fit(model)
             return trainer, model
 
-        full, full_model = fit(2, folder='full')
+        full, full_model = fit(2, 'full')
         assert full.precision.dtype == torch.float16 and full.precision.scaler is not None
-        fit(1, folder='half')
+        fit(1, 'half')
         last = tmp_path / 'half' / 'c' / 'last.ckpt'
         saved = torch.load(last, map_location='cpu', weights_only=True)['lightning']
         assert 'scale' in saved['precision']['scaler']
-        _, resumed_model = fit(2, resume=last, folder='half')
+        resumed, resumed_model = fit(2, 'half', resume=last)
+        assert resumed.precision.scaler.get_scale() == full.precision.scaler.get_scale()
         for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
             assert torch.equal(a.cpu(), b.cpu())
     finally:
@@ -242,37 +313,22 @@ def test_float16_amp_trains_saves_its_scaler_and_resumes_bit_exactly(tmp_path):
 
 
 @needs_gpu
-def test_gpu_checkpoint_loads_on_the_cpu(tmp_path):
-    from pytorch_lightning import Trainer
-    trainer = Trainer(default_save_path=str(tmp_path), gpus=1, max_nb_epochs=1,
-                      progress_bar=False)
+def test_gpu_checkpoint_loads_on_the_cpu(quiet, tmp_path):
+    trainer = Trainer(**quiet(gpus=1))
     trainer.fit(_Tiny(n=256))
     trainer.save_checkpoint(tmp_path / 'gpu.ckpt')
     model = _Tiny.load_from_checkpoint(tmp_path / 'gpu.ckpt')
     assert all(p.device.type == 'cpu' for p in model.parameters())
-
-
-@needs_2_gpus
-def test_trainer_with_data_parallel_trains_and_validates(tmp_path):
-    from pytorch_lightning import Trainer
-    trainer = Trainer(default_save_path=str(tmp_path), gpus=2, max_nb_epochs=2,
-                      progress_bar=False)
-    model = _Tiny()
-    trainer.fit(model)
-    assert type(trainer.device).__name__ == 'DataParallelDevice'
-    assert trainer.module is model and 'val_loss' in trainer.callback_metrics
-    assert trainer.callback_metrics['val_loss'] < 0.5
+    for a, b in zip(trainer.module.parameters(), model.parameters()):
+        assert torch.equal(a.cpu(), b)
 
 
 @needs_gpu
-def test_cpu_checkpoint_resumes_on_a_gpu(tmp_path):
-    from pytorch_lightning import Trainer
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    cpu = Trainer(default_save_path=str(tmp_path), max_nb_epochs=1, progress_bar=False,
-                  checkpoint_callback=ModelCheckpoint(tmp_path / 'c'))
+def test_cpu_checkpoint_resumes_on_a_gpu(quiet, tmp_path):
+    cpu = Trainer(**quiet(checkpoint_callback=ModelCheckpoint(tmp_path / 'c')))
     cpu.fit(_Tiny(n=256))
-    gpu = Trainer(default_save_path=str(tmp_path), gpus=1, max_nb_epochs=2, progress_bar=False,
-                  resume_from_checkpoint=tmp_path / 'c' / 'last.ckpt')
+    gpu = Trainer(**quiet(gpus=1, max_nb_epochs=2,
+                          resume_from_checkpoint=tmp_path / 'c' / 'last.ckpt'))
     model = _Tiny(n=256)
     gpu.fit(model)
     assert gpu.num_gpus == 1 and gpu.root_gpu == 0 and gpu.current_epoch == 1
@@ -281,9 +337,17 @@ def test_cpu_checkpoint_resumes_on_a_gpu(tmp_path):
 
 
 @needs_2_gpus
-def test_test_after_a_data_parallel_fit(tmp_path):
-    from pytorch_lightning import Trainer
+def test_trainer_with_data_parallel_trains_and_validates(quiet):
+    trainer = Trainer(**quiet(gpus=2, max_nb_epochs=2))
+    model = _Tiny()
+    trainer.fit(model)
+    assert type(trainer.device).__name__ == 'DataParallelDevice'
+    assert trainer.module is model and 'val_loss' in trainer.callback_metrics
+    assert trainer.callback_metrics['val_loss'] < 0.5
 
+
+@needs_2_gpus
+def test_test_after_a_data_parallel_fit(quiet):
     class WithTest(_Tiny):
         def test_step(self, data_batch, batch_nb):
             x, y = data_batch
@@ -293,7 +357,6 @@ def test_test_after_a_data_parallel_fit(tmp_path):
         def test_dataloader(self):
             return self.val_dataloader
 
-    trainer = Trainer(default_save_path=str(tmp_path), gpus=2, max_nb_epochs=1,
-                      progress_bar=False)
+    trainer = Trainer(**quiet(gpus=2))
     trainer.fit(WithTest())
     assert trainer.test()['test_acc'] > 0.8

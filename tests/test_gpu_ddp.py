@@ -1,14 +1,21 @@
-"""DDP on GPUs (NCCL), spawned by fit. Skipped without CUDA; the two-process tests need 2 GPUs.
-Run with ``scripts/gpu_check.sh``."""
+"""DDP on GPUs (NCCL), spawned by fit, and the world part's flag agreement on NCCL. Skipped
+without CUDA; the two-process tests need 2 GPUs. No logger: test-tube, the default one, may be
+missing on a GPU machine (the CPU suite tests logging under DDP). Run with
+``scripts/gpu_check.sh``."""
 import copy
+import datetime
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from pytorch_lightning import Trainer
+from pytorch_lightning.placement import CUDADevice
+from pytorch_lightning.placement.ddp import DistributedWorld
+from pytorch_lightning.placement.launch import ClusterEnvironment, free_port
 
 from ddp_models import Regression
+from host_syncs import cuda_sync_warnings
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 needs_nccl = pytest.mark.skipif(GPUS < 1 or not dist.is_nccl_available(),
@@ -20,7 +27,8 @@ needs_2_gpus = pytest.mark.skipif(GPUS < 2 or not dist.is_nccl_available(),
 def gpu_trainer(tmp_path, gpus, **kwargs):
     return Trainer(gpus=gpus, distributed_backend='ddp', default_save_path=tmp_path,
                    max_nb_epochs=2, nb_sanity_val_steps=0, progress_bar=False,
-                   print_weights_summary=False, process_group_timeout=120, **kwargs)
+                   print_weights_summary=False, experiment=False, process_group_timeout=60,
+                   **kwargs)
 
 
 @needs_nccl
@@ -43,8 +51,8 @@ def test_two_gpus_train_the_weights_of_one_with_the_whole_batch(tmp_path):
     reference = copy.deepcopy(model)
     reference.batch_size = 32
     Trainer(gpus=1, default_save_path=tmp_path / 'one', max_nb_epochs=2,
-            nb_sanity_val_steps=0, progress_bar=False,
-            print_weights_summary=False).fit(reference)
+            nb_sanity_val_steps=0, progress_bar=False, print_weights_summary=False,
+            experiment=False).fit(reference)
     trainer = gpu_trainer(tmp_path / 'ddp', 2)
     trainer.fit(model)
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
@@ -62,3 +70,27 @@ def test_two_gpus_with_amp_and_two_optimizers(tmp_path):
     trainer.fit(model)
     assert trainer.callback_metrics['val_count'] == 131
     assert torch.isfinite(torch.as_tensor(trainer.callback_metrics['val_loss']))
+
+
+@needs_nccl
+def test_agreeing_on_flags_over_nccl_reads_the_device_once():
+    """A decision point under DDP: bools and a device flag, one all-reduce, one host read. A
+    bool built with torch.tensor(x, device='cuda') would be a blocking copy from the host, a
+    host sync of its own. Runs a one-rank NCCL group in this process."""
+    env = ClusterEnvironment(rank=0, local_rank=0, world_size=1, local_world_size=1,
+                             node_rank=0, master_addr='127.0.0.1', master_port=free_port(),
+                             source='torchrun')
+    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{env.master_port}',
+                            rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
+    try:
+        world = DistributedWorld(env, 'nccl', timeout_s=60)
+        world.join(CUDADevice(0))  # the group exists: checked and used
+        assert world.agree(False) == (False,)  # NCCL starts its communicator here
+        flag = torch.tensor(True, device='cuda')
+        with cuda_sync_warnings() as count:
+            agreed = world.agree(True, False, flag)
+            syncs = count()
+        assert agreed == (True, False, True)
+        assert syncs == 1, f'{syncs} host syncs for one agreement'
+    finally:
+        dist.destroy_process_group()

@@ -60,9 +60,11 @@ class DistributedWorld:
     def agree(self, *flags):
         """``flags`` (bools, or 0-dim tensors read as bools) made true on every rank where any
         rank has them true: one all-reduce, one host read. Returns a tuple of bools."""
+        # a bool becomes a tensor made on the flags' device (torch.full): torch.tensor(x,
+        # device=cuda) would copy it from the host with a blocking copy, a host sync per flag
         values = torch.stack([f.detach().reshape(()).to(self._flags_device, torch.float32)
                               if isinstance(f, torch.Tensor)
-                              else torch.tensor(float(bool(f)), device=self._flags_device)
+                              else torch.full((), float(bool(f)), device=self._flags_device)
                               for f in flags])
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return tuple(bool(v) for v in values.tolist())
@@ -125,9 +127,10 @@ class DistributedDevice:
 
     Before ``join`` (in the process that launches the others, and for ``test()`` there) it
     acts as its first device alone. After ``join``, ``training_step`` runs through
-    ``DistributedDataParallel`` (built by ``prepare``), and ``validation_step``/``test_step`` through the user's module
-    itself: ranks may hold unequal evaluation shards, and a DDP forward can start a
-    collective (the buffer broadcast) that a rank with fewer batches would never join.
+    ``DistributedDataParallel`` (built by ``prepare``), and ``validation_step``/``test_step``
+    through the user's module itself: ranks may hold unequal evaluation shards, and a DDP
+    forward can start a collective (the buffer broadcast) that a rank with fewer batches
+    would never join.
 
     ``find_unused_parameters``: ``None`` sets it when there are several optimizers (the
     trainer freezes the other optimizers' parameters for each loss, so they get no gradient).
