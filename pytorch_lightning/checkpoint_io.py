@@ -277,7 +277,10 @@ def restore_rng(state):
     np.random.set_state((name, np.asarray(keys).astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        # one state per GPU the saving process saw: a process that sees fewer (resumed on
+        # another machine, or a DDP rank) restores those it has; set_rng_state_all would
+        # index a GPU that does not exist
+        torch.cuda.set_rng_state_all(state['cuda'][:torch.cuda.device_count()])
 
 
 def library_version():

@@ -314,7 +314,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         return self.user_callbacks + built_in
 
     def _attach(self, model):
-        if self.logger is not None:
+        from .loggers import TestTubeLogger
+        if isinstance(self.logger, TestTubeLogger):  # another logger needs no test-tube
             import importlib.util
             if importlib.util.find_spec('test_tube') is None:
                 raise MisconfigurationException(

@@ -159,18 +159,20 @@ def test_objects_with_to_are_moved_with_non_blocking_only_towards_cuda():
     assert in_place.device == torch.device('meta')
 
 
-def test_tensors_use_non_blocking_only_from_pinned_memory_to_cuda(monkeypatch):
-    """CPU builds cannot pin memory: fake ``is_pinned`` and record ``Tensor.to`` calls."""
+def test_tensors_go_to_cuda_non_blocking_from_pinned_and_pageable_memory(monkeypatch):
+    """A blocking copy to CUDA is a host sync (the host waits for the GPU's queued work), from
+    pageable memory as from pinned: every copy to CUDA is non-blocking when asked; copies to
+    the CPU never are. No CUDA here: record ``Tensor.to`` calls."""
     pinned, pageable = torch.ones(2), torch.zeros(2)
     calls = []
     monkeypatch.setattr(torch.Tensor, 'is_pinned', lambda self: self is pinned)
     monkeypatch.setattr(torch.Tensor, 'to', lambda self, device, non_blocking=False: (
         calls.append((self is pinned, device.type, non_blocking)) or self))
     move_to_device([pinned, pageable], 'cuda', non_blocking=True)
-    move_to_device([pinned], 'cuda')
-    move_to_device([pinned], 'cpu', non_blocking=True)
-    assert calls == [(True, 'cuda', True), (False, 'cuda', False), (True, 'cuda', False),
-                     (True, 'cpu', False)]
+    move_to_device([pageable], 'cuda')
+    move_to_device([pinned, pageable], 'cpu', non_blocking=True)
+    assert calls == [(True, 'cuda', True), (False, 'cuda', True), (False, 'cuda', False),
+                     (True, 'cpu', False), (False, 'cpu', False)]
 
 
 # ---------------------------------------------------------------------------- reduction

@@ -299,6 +299,17 @@ def test_lazy_path_reads_the_device_once_per_log_row(quiet, tmp_path, monkeypatc
     assert steps == 80 and reads() <= 0.1 * steps + 3, reads()
 
 
+def test_values_that_are_not_numbers_are_dropped_without_a_read(monkeypatch):
+    """A step's dicts may carry per-sample tensors or bools: the bar and the log rows drop
+    them, and must not copy them to the host first (a host sync each on a GPU)."""
+    from pytorch_lightning.utilities import numbers_only
+    reads = count_host_reads(monkeypatch)
+    metrics = {'loss': torch.tensor(0.5), 'preds': torch.zeros(3), 'ok': torch.tensor(True),
+               'n': 4, 'note': 'text'}
+    assert numbers_only(metrics) == {'loss': 0.5, 'n': 4}
+    assert reads() == 1
+
+
 @pytest.mark.parametrize('experiment', [False, None])
 def test_lazy_path_reads_only_through_read_numbers(quiet, monkeypatch, experiment):
     """What tests/test_gpu.py relies on to attribute host syncs (tests/host_syncs.py), on the

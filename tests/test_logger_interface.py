@@ -2,6 +2,7 @@
 test-tube logger's side of it: synchronous save, hyperparameters more than once, run status,
 pickling."""
 import argparse
+import importlib.util
 import json
 import os
 import pickle
@@ -137,3 +138,15 @@ def test_test_with_a_custom_logger(tmp_path):
     trainer.fit(TinyModel())
     trainer.test()
     assert logger.calls[-1] == ('finalize', None) and logger.calls[-2][0] == 'save'
+
+
+def test_a_custom_logger_needs_no_test_tube(tmp_path, monkeypatch):
+    """Only the test-tube logger needs test-tube (a GPU image may not have it)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *args: None if name == 'test_tube' else real(name, *args))
+    logger = Recording()
+    Trainer(**kwargs(tmp_path, logger=logger)).fit(TinyModel())
+    assert logger.calls[-1] == ('finalize', 'finished')
+    with pytest.raises(MisconfigurationException, match='test-tube, which is not installed'):
+        Trainer(**kwargs(tmp_path)).fit(TinyModel())

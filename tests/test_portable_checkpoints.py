@@ -125,6 +125,18 @@ def test_rng_states_are_tensors_and_plain_types():
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
 
 
+def test_cuda_rng_states_of_more_gpus_than_this_process_sees_restore_those_it_has(monkeypatch):
+    """A checkpoint written where two GPUs were visible, resumed where one is: its state."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state_all', restored.extend)
+    state = checkpoint_io.capture_rng()
+    state['cuda'] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    checkpoint_io.restore_rng(state)
+    assert len(restored) == 1 and torch.equal(restored[0], state['cuda'][0])
+
+
 def test_old_checkpoints_with_numpy_rng_state_still_restore():
     version, internal, gauss = random.getstate()
     old = {'python': (version, np.asarray(internal, dtype=np.uint32), gauss),

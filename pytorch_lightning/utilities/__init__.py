@@ -63,13 +63,14 @@ def parse_cell(text):
 def numbers_only(metrics):
     """``metrics`` with tensors turned into numbers, dropping values that are not scalars.
     The scalar tensors of each device are read in one transfer (one host sync, not one per
-    value)."""
+    value); tensors that are dropped (several values, bools) are never read."""
     out, by_device = {}, {}
     for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
-            by_device.setdefault(value.device, []).append((key, value))
-            out[key] = None  # keeps the order of the keys
-            continue
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 1 and value.dtype != torch.bool:
+                by_device.setdefault(value.device, []).append((key, value))
+                out[key] = None  # keeps the order of the keys
+            continue  # not a number (several values, or a bool): dropped without a read
         value = to_number(value)
         if isinstance(value, numbers.Number) and not isinstance(value, bool):
             out[key] = value

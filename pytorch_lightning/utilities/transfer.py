@@ -17,8 +17,11 @@ def move_to_device(batch, device, non_blocking=False):
     place and returns ``None`` leaves the object itself in the result. Everything else
     (numbers, strings, ``None``) is returned as it is.
 
-    ``non_blocking=True`` is used only where it is safe and useful: for a copy to CUDA from a
-    tensor in pinned memory (``tensor.is_pinned()``, e.g. a ``DataLoader(pin_memory=True)``).
+    ``non_blocking=True`` applies to copies to CUDA only. A blocking copy from host memory
+    waits until the GPU has finished the work queued before it (a host sync per tensor); a
+    non-blocking one returns once pageable memory is staged (the driver may still wait while
+    staging; torch adds no sync), and from pinned memory
+    (``DataLoader(pin_memory=True)``) runs in the background. Copies to the CPU stay blocking.
     """
     device = torch.device(device)
     return _move(batch, device, non_blocking and device.type == 'cuda')
@@ -26,7 +29,7 @@ def move_to_device(batch, device, non_blocking=False):
 
 def _move(obj, device, non_blocking):
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking and obj.is_pinned())
+        return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, (list, tuple)):
         return rebuild_sequence(obj, [_move(item, device, non_blocking) for item in obj])
     if isinstance(obj, Mapping):
