@@ -239,10 +239,20 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
     def tqdm_metrics(self):
         """What the progress bar shows: epoch, batch, running loss, every optimizer's prog
         dict and the latest validation metrics, as numbers (read from the device in one
-        transfer, on access)."""
-        numbers = self.read_numbers({'loss': self._running_loss(), **self.last_prog,
-                                     **self.val_metrics})
+        transfer, on access): ``bar_postfix(read_numbers(bar_values()))``."""
+        return self.bar_postfix(self.read_numbers(self.bar_values()))
+
+    def bar_values(self):
+        """The values behind the bar's numbers, as they are (tensors stay on the device): the
+        running loss (``'loss'``), every optimizer's last prog dict, the latest validation
+        metrics."""
+        return {'loss': self._running_loss(), **self.last_prog, **self.val_metrics}
+
+    def bar_postfix(self, numbers):
+        """The bar's postfix from ``numbers`` (``bar_values()`` read as numbers): the current
+        epoch and batch first, the loss with 3 decimals, then the rest."""
         metrics = {'epoch': self.state.epoch, 'batch_nb': self.state.batch_idx}
+        numbers = dict(numbers)
         if 'loss' in numbers:
             metrics['loss'] = f"{numbers.pop('loss'):.3f}"
         metrics.update(numbers)

@@ -11,7 +11,7 @@ from torch import nn
 
 from pytorch_lightning import MisconfigurationException, NonFiniteLossError, Trainer
 from pytorch_lightning import checkpoint_io
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 from pytorch_lightning.placement import FullPrecision, MixedPrecision
 
 from models import TinyModel, TrainOnlyModel
@@ -326,6 +326,55 @@ def test_lazy_path_reads_only_through_read_numbers(quiet, monkeypatch, experimen
     assert [reads for _, reads in got] == [int((k + 1) % 5 == 0) for k in range(19)]
     assert all(syncs == reads for syncs, reads in got), got
     assert 'read_numbers' not in trainer.__dict__  # the counting wrapper is gone after fit
+
+
+class RecordingBar(ProgressBar):
+    """Redraws after every batch and records, per redraw, the running loss it showed and the
+    true running loss at that moment."""
+
+    def __init__(self):
+        super().__init__(refresh_interval=0)
+        self.shown = []
+
+    def _draw(self, trainer, now, final=False):
+        super()._draw(trainer, now, final)
+        true = trainer._running_loss()
+        postfix = self._bar.postfix or ''
+        loss = [part for part in postfix.split(', ') if part.startswith('loss=')]
+        self.shown.append((loss[0][len('loss='):] if loss else None,
+                           None if true is None else f'{float(true):.3f}', final))
+
+
+def test_bar_redraws_on_the_lazy_path_never_read_through_the_trainer(quiet, monkeypatch):
+    """Off the CPU a mid-epoch redraw must not wait for the device: it starts a copy of the
+    numbers and shows the previous copy's. On the forced lazy path: the only trainer reads in
+    the training windows stay the NaN-flag checks every add_log_row_interval batches, each
+    mid-epoch redraw shows the running loss of the redraw before it, and the epoch's last
+    redraw reads at once (the true final numbers)."""
+    windows = ReadsPerBatch(count=lambda: 0)
+    bar = RecordingBar()
+    trainer = Trainer(**quiet(add_log_row_interval=5, callbacks=[windows, bar],
+                              nb_sanity_val_steps=0,
+                              checkpoint_callback=False, early_stop_callback=False))
+    trainer.device.cheap_item = False
+    trainer.fit(SGDModel(n=160))  # 20 training batches: 19 complete windows
+    assert [reads for _, reads in windows.windows()] == [int((k + 1) % 5 == 0)
+                                                         for k in range(19)]
+    mid = [(shown, true) for shown, true, final in bar.shown if not final]
+    assert len(mid) >= 20  # every training (and validation) batch
+    assert mid[0][0] is None  # no copy has arrived at the first redraw
+    assert [shown for shown, _ in mid[1:]] == [true for _, true in mid[:-1]]
+    final = [(shown, true) for shown, true, final in bar.shown if final]
+    assert final and all(shown == true for shown, true in final)
+
+
+def test_cheap_item_devices_redraw_with_the_current_numbers(quiet):
+    """On the CPU (reads cost nothing) every redraw shows the numbers of its own moment."""
+    bar = RecordingBar()
+    trainer = Trainer(**quiet(callbacks=[bar], nb_sanity_val_steps=0,
+                              checkpoint_callback=False, early_stop_callback=False))
+    trainer.fit(SGDModel(n=160))
+    assert len(bar.shown) >= 20 and all(shown == true for shown, true, _ in bar.shown)
 
 
 # ------------------------------------------------------------------------------ DataParallel

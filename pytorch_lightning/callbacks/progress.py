@@ -1,7 +1,8 @@
 """The tqdm progress bar, as a callback. Redraws are time-throttled; tensors become numbers
-only when it redraws."""
+only when it redraws, and on an accelerator without making the host wait for the device."""
 import time
 
+from ..utilities import NumbersRead
 from .base import Callback
 
 
@@ -15,6 +16,11 @@ class ProgressBar(Callback):
     first epoch start (not during the sanity check), and every state is drawn once: the end
     of an epoch is drawn only if something changed since the last redraw, and the bar's
     final line is not drawn again when it closes, so a log file gets no repeated lines.
+
+    Where reading a number from the device waits for it (``trainer.device.cheap_item`` is
+    false: a GPU), a redraw mid-epoch never waits: it starts copying the numbers to the host
+    (``NumbersRead``) and shows those of the last copy that has arrived, so the postfix is
+    about one redraw old. The redraws at the end of an epoch and of the fit read at once.
     """
 
     def __init__(self, refresh_interval=0.2, position=0):
@@ -24,12 +30,15 @@ class ProgressBar(Callback):
         self._count = 0
         self._next_draw = 0.0
         self._stale = False  # something changed since the last redraw
+        self._read = None  # the numbers being copied from the device (NumbersRead)
+        self._numbers = {}  # the numbers of the last copy that arrived
 
     def on_epoch_start(self, trainer, module):
         # after a mid-epoch resume the count starts at what the epoch had done (also tqdm's
         # `initial`, so the rate and the time left count only the batches run from here on)
         self._count = done = trainer.nb_batches_done_at_epoch_start
         self._stale = False
+        self._read, self._numbers = None, {}
         total, label = trainer.nb_batches_this_epoch, f'Epoch {trainer.state.epoch}'
         if self._bar is None:
             from tqdm.auto import tqdm
@@ -50,13 +59,23 @@ class ProgressBar(Callback):
         if now >= self._next_draw:
             self._draw(trainer, now)
 
-    def _draw(self, trainer, now):
+    def _draw(self, trainer, now, final=False):
         self._next_draw = now + self.refresh_interval
         self._stale = False
         bar = self._bar
         bar.n = self._count
-        bar.set_postfix(trainer.tqdm_metrics, refresh=False)
+        bar.set_postfix(self._postfix(trainer, final), refresh=False)
         bar.refresh()
+
+    def _postfix(self, trainer, final):
+        if final or trainer.device.cheap_item:
+            self._read = None
+            return trainer.tqdm_metrics
+        if self._read is not None and self._read.ready():
+            self._numbers, self._read = self._read.numbers(), None
+        if self._read is None:
+            self._read = NumbersRead(trainer.bar_values())
+        return trainer.bar_postfix(self._numbers)
 
     def on_batch_end(self, trainer, module):
         self._tick(trainer)
@@ -70,14 +89,14 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer, module):
         if self._stale:
-            self._draw(trainer, time.perf_counter())
+            self._draw(trainer, time.perf_counter(), final=True)
 
     def on_fit_end(self, trainer, module):
         bar = self._bar
         if bar is None:  # fit ended before the first epoch
             return
         if self._stale:
-            self._draw(trainer, time.perf_counter())
+            self._draw(trainer, time.perf_counter(), final=True)
         self._bar = None
         if self.position == 0:
             # The final state is on this line now; tqdm's close() would draw it once more (a

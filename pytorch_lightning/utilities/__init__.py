@@ -64,21 +64,53 @@ def numbers_only(metrics):
     """``metrics`` with tensors turned into numbers, dropping values that are not scalars.
     The scalar tensors of each device are read in one transfer (one host sync, not one per
     value); tensors that are dropped (several values, bools) are never read."""
-    out, by_device = {}, {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor):
-            if value.numel() == 1 and value.dtype != torch.bool:
-                by_device.setdefault(value.device, []).append((key, value))
-                out[key] = None  # keeps the order of the keys
-            continue  # not a number (several values, or a bool): dropped without a read
-        value = to_number(value)
-        if isinstance(value, numbers.Number) and not isinstance(value, bool):
-            out[key] = value
-    for pairs in by_device.values():
-        values = torch.stack([v.detach().reshape(()).double() for _, v in pairs]).tolist()
-        for (key, tensor), value in zip(pairs, values):
-            out[key] = value if tensor.is_floating_point() else int(value)
-    return {key: value for key, value in out.items() if value is not None}
+    return NumbersRead(metrics, wait=True).numbers()
+
+
+class NumbersRead:
+    """``numbers_only(metrics)``, read without making the host wait for the device: the copies
+    to the host start when this is created (one per device, into pinned memory, followed by a
+    CUDA event), ``ready()`` says whether they have arrived (no sync), ``numbers()`` returns
+    the dict (waiting for the copies if they have not arrived: a host sync then). The values
+    are those ``metrics`` held at creation. ``wait=True`` reads at once, as ``numbers_only``.
+    Off CUDA the values are read when ``numbers()`` is called."""
+
+    def __init__(self, metrics, wait=False):
+        self._out, by_device = {}, {}
+        for key, value in metrics.items():
+            if isinstance(value, torch.Tensor):
+                if value.numel() == 1 and value.dtype != torch.bool:
+                    by_device.setdefault(value.device, []).append((key, value))
+                    self._out[key] = None  # keeps the order of the keys
+                continue  # not a number (several values, or a bool): dropped without a read
+            value = to_number(value)
+            if isinstance(value, numbers.Number) and not isinstance(value, bool):
+                self._out[key] = value
+        self._copies = []  # (pairs, values, event)
+        for device, pairs in by_device.items():
+            values = torch.stack([v.detach().reshape(()).double() for _, v in pairs])
+            event = None
+            if device.type == 'cuda' and not wait:
+                host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+                host.copy_(values, non_blocking=True)
+                with torch.cuda.device(device):
+                    event = torch.cuda.Event()
+                    event.record()
+                values = host
+            self._copies.append((pairs, values, event))
+
+    def ready(self):
+        """Whether ``numbers()`` can return without waiting for a device."""
+        return all(event is None or event.query() for _, _, event in self._copies)
+
+    def numbers(self):
+        out = dict(self._out)
+        for pairs, values, event in self._copies:
+            if event is not None:
+                event.synchronize()
+            for (key, tensor), value in zip(pairs, values.tolist()):
+                out[key] = value if tensor.is_floating_point() else int(value)
+        return {key: value for key, value in out.items() if value is not None}
 
 
 def batch_size_of(batch):
