@@ -193,6 +193,13 @@ def check_module(module):
     if not isinstance(module, nn.Module):
         _fail(f"fit(model): expected a RootModule (an nn.Module) instance, got "
               f"{type(module).__name__}. Subclass pytorch_lightning.RootModule.")
+    inner = getattr(module, '_orig_mod', None)  # what torch.compile(model) wraps
+    if isinstance(inner, nn.Module) and inner is not module:
+        _fail(f"fit(model): got torch.compile({type(inner).__name__}) (a "
+              f"{type(module).__name__}). The Trainer needs your RootModule itself: its "
+              f"hooks, dataloaders and checkpoint keys. Pass the model uncompiled and compile "
+              f"the parts that do the work inside it, e.g. `self.net = "
+              f"torch.compile(self.net)` in __init__.")
     name = type(module).__name__
     if not _defines(module, 'training_step'):
         _fail(f"{name} has no training_step. Define `def training_step(self, data_batch, "

@@ -109,6 +109,18 @@ def test_fit_with_a_non_module(quiet):
     assert_message(excinfo, 'fit(model)', 'got str', 'Subclass pytorch_lightning.RootModule')
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from torch._dynamo's import
+def test_fit_with_a_compiled_model(quiet):
+    """torch.compile(model) wraps the RootModule; its attributes are forwarded, so without
+    this check fit failed later with a misleading "no training dataloader"."""
+    model = build()
+    compiled = torch.compile(model)  # wrapping only: nothing compiles before a call
+    with pytest.raises(MisconfigurationException) as excinfo:
+        Trainer(**quiet()).fit(compiled)
+    assert_message(excinfo, 'torch.compile(ProbeModel)', 'self.net = torch.compile(self.net)')
+    assert training_calls(model) == []
+
+
 def test_no_training_step(quiet):
     model = build('NoStepModel', drop=('training_step',))
     with pytest.raises(MisconfigurationException) as excinfo:
