@@ -14,9 +14,11 @@ alone (the contributor notes in docs/index.md list them too):
   reference page, or a tiny ``MyModel``, a ``model``, a ``trainer``, a finished run on disk.
 - ``<!-- snippet: signature -->``: the block shows a signature, not a script: a call
   ``Name(arg, key=default, ...)`` (or ``self.method(...)`` for a ``RootModule`` method) whose
-  every argument must be a parameter of the real callable, in this order, with exactly this
-  default; or a ``def method(self, ...)`` of ``RootModule``, whose parameters must be exactly
-  the real ones. Checked in this process, nothing is run.
+  every argument must be a parameter of the real callable (positional ones in order), each
+  ``key=default`` with exactly the code's default; or a ``def method(self, ...)`` of
+  ``RootModule``, whose parameters and defaults must be exactly the real ones. ``Name`` is any
+  public name of ``pytorch_lightning``, ``.callbacks`` or ``.loggers``. Checked in this
+  process, nothing is run.
 - ``<!-- snippet: skip (reason) -->``: not run (a GPU, SLURM, several machines, the network;
   or not Python at all). The reason is required and shows in the test report.
 """
@@ -210,6 +212,11 @@ def parse_marker(text):
     return options
 
 
+def is_marker(line):
+    """Whether a line is meant as a marker (well-formed or not)."""
+    return line.lstrip().startswith('<!--') and 'snippet' in line
+
+
 def blocks_of(path):
     """The ```python blocks of one Markdown file, in order."""
     rel = os.path.relpath(path, ROOT)
@@ -230,7 +237,9 @@ def blocks_of(path):
                 block.options = parse_marker(MARKER.match(before).group('options'))
             except ValueError as err:
                 block.marker_error = f'{rel}:{i}: bad snippet marker {before!r}: {err}'
-        elif 'snippet' in before and before.lstrip().startswith('<!--'):
+            if block.options.get('continues') and previous is None:
+                block.marker_error = f'{rel}:{i}: "continues", but no runnable block before it'
+        elif is_marker(before):
             block.marker_error = f'{rel}:{i}: malformed snippet marker {before!r}'
         blocks.append(block)
         if block.runnable:
@@ -264,16 +273,10 @@ def setup_parts(name):
 
 
 def script_parts(block):
-    """What runs, in order, as (file name, first line of the code, source)."""
-    return [part for label, part in labelled_parts(block)]
-
-
-def labelled_parts(block):
-    """[(label, part)]: the label is 'setup NAME' or the block's id."""
+    """What runs, in order, as [(label, (file name, first line of the code, source))]; the
+    label is the setup's name or the block's id."""
     if block.options.get('continues'):
-        if block.previous is None:
-            raise ValueError(f'{block.id}: "continues" but no earlier runnable block on the page')
-        parts = labelled_parts(block.previous)
+        parts = script_parts(block.previous)
     elif 'setup' in block.options:
         parts = [(f"setup '{block.options['setup']}'", part)
                  for part in setup_parts(block.options['setup'])]
@@ -295,6 +298,9 @@ def snippet_env():
     env = {k: v for k, v in os.environ.items() if not FOREIGN_ENV.search(k)}
     env['PYTHONPATH'] = os.pathsep.join([ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p])
     env['PYTHONUNBUFFERED'] = '1'
+    # WORKERS scripts share the runner's few cores: a torch process with one OpenMP thread per
+    # core spin-waits whenever another process holds a core, which made a 3 s block take 8 s.
+    env['OMP_NUM_THREADS'] = '1'
     return env
 
 
@@ -318,7 +324,7 @@ class Runner:
         """-> (exit code, stdout, stderr) of the block's script, run in ``folder``."""
         script = os.path.join(folder, 'snippet.py')
         with open(script, 'w', encoding='utf-8') as f:
-            f.write(RUNNER.format(root=ROOT, parts=script_parts(block)))
+            f.write(RUNNER.format(root=ROOT, parts=[part for _, part in script_parts(block)]))
         with self.lock:
             if self.closed:
                 return None, '', 'not run: the test session ended first'
@@ -462,7 +468,7 @@ def test_every_marker_sits_on_a_block():
         with open(path, encoding='utf-8') as f:
             lines = f.read().split('\n')
         for i, line in enumerate(lines):
-            if '<!-- snippet' in line and not (i + 1 < len(lines) and FENCE.match(lines[i + 1])):
+            if is_marker(line) and not (i + 1 < len(lines) and FENCE.match(lines[i + 1])):
                 misplaced.append(f'{os.path.relpath(path, ROOT)}:{i + 1}: {line}')
     assert not misplaced, 'put each marker on the line right before its ```python fence'
     assert any(b.path == 'README.md' for b in BLOCKS) and len(BLOCKS) > 1
@@ -484,6 +490,6 @@ def test_doc_snippet(block, started):
         return
     returncode, out, err = started[block.id].result(timeout=(TIMEOUT_S + 60) * len(started))
     if returncode != 0:
-        ran = ' + '.join(dict.fromkeys(label for label, _ in labelled_parts(block)))
+        ran = ' + '.join(dict.fromkeys(label for label, _ in script_parts(block)))
         pytest.fail(f'{block.id} failed with exit code {returncode} (ran: {ran})\n'
                     f'--- stdout ---\n{tail(out)}\n--- stderr ---\n{tail(err)}', pytrace=False)
