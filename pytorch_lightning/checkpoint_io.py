@@ -224,14 +224,41 @@ def describe_mismatch(model, state_dict):
     return ', '.join(parts)
 
 
+_COMPILED = '_orig_mod.'  # what torch.compile puts into the names of a compiled submodule
+
+
+def _compiled_names_matched(model, state_dict):
+    """``state_dict`` with its keys renamed to ``model``'s when the two differ only by
+    ``torch.compile``'s ``_orig_mod.`` (a submodule compiled in one and not in the other);
+    ``None`` when the keys already match or differ otherwise."""
+    own = model.state_dict().keys()
+    if own == state_dict.keys():
+        return None
+    plain = {key.replace(_COMPILED, ''): key for key in own}
+    if len(plain) != len(own) or len(state_dict) != len(own):
+        return None
+    renamed = {}
+    for key, value in state_dict.items():
+        target = plain.get(key.replace(_COMPILED, ''))
+        if target is None:
+            return None
+        renamed[target] = value
+    return renamed
+
+
 def load_into_model(model, checkpoint, path):
-    """Call the model's ``load_model_specific(checkpoint)``; a wrong model gives a
-    ``CheckpointError`` naming the file, the saved class and what does not match, and an
-    error raised by ``load_model_specific`` is re-raised as a ``CheckpointError`` naming the
-    saved class (the original error chained)."""
+    """Call the model's ``load_model_specific(checkpoint)``, with the state dict's keys renamed
+    to the model's when they differ only by ``torch.compile``'s ``_orig_mod.``. A wrong model
+    gives a ``CheckpointError`` naming the file, the saved class and what does not match, and
+    an error raised by ``load_model_specific`` is re-raised as a ``CheckpointError`` naming
+    the saved class (the original error chained)."""
     saved_class = checkpoint[KEY].get('model_class')
     state = checkpoint.get('state_dict')
     if isinstance(state, dict):
+        renamed = _compiled_names_matched(model, state)
+        if renamed is not None:
+            checkpoint = {**checkpoint, 'state_dict': renamed}
+            state = renamed
         problem = describe_mismatch(model, state)
         if problem:
             raise CheckpointError(

@@ -344,3 +344,44 @@ def test_a_subclass_with_matching_weights_may_load(quiet, tmp_path):
     model = NamespaceNet(argparse.Namespace(hidden=4))
     loaded = FineTuned.load_from_checkpoint(fitted(model, quiet, tmp_path / 'c'))
     assert type(loaded) is FineTuned and torch.equal(loaded.head.weight, model.head.weight)
+
+
+class CompiledLayer(TinyModel):
+    """TinyModel whose layer is compiled (eager backend: traced, not code-generated, so the
+    test stays fast); its checkpoint keys read ``layer._orig_mod.weight``."""
+
+    def __init__(self, hparams=None, **kwargs):
+        super().__init__(hparams, **kwargs)
+        self.layer = torch.compile(self.layer, backend='eager')
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # from torch._dynamo's import
+def test_compiled_and_plain_submodules_load_each_others_checkpoints(quiet, tmp_path):
+    """torch.compile renames a submodule's weights (``_orig_mod.``): a checkpoint of a model
+    that compiles a layer loads into one that does not, and the other way round, and a fit
+    resumes across the two; names that differ otherwise still fail."""
+    compiled = CompiledLayer()
+    trainer = Trainer(**quiet(max_nb_epochs=1, checkpoint_callback=False,
+                              early_stop_callback=False))
+    trainer.fit(compiled)
+    trainer.save_checkpoint(tmp_path / 'compiled.ckpt')
+    assert 'layer._orig_mod.weight' in torch.load(tmp_path / 'compiled.ckpt',
+                                                  weights_only=True)['state_dict']
+    plain = TinyModel.load_from_checkpoint(tmp_path / 'compiled.ckpt')
+    assert torch.equal(plain.layer.weight, compiled.layer._orig_mod.weight)
+
+    resumed = Trainer(**quiet(max_nb_epochs=2, checkpoint_callback=False,
+                              early_stop_callback=False,
+                              resume_from_checkpoint=str(tmp_path / 'compiled.ckpt')))
+    resumed.fit(plain)  # the optimizer state follows the parameters' order
+    assert resumed.current_epoch == 1
+    resumed.save_checkpoint(tmp_path / 'plain.ckpt')
+    back = CompiledLayer.load_from_checkpoint(tmp_path / 'plain.ckpt')
+    assert torch.equal(back.layer._orig_mod.weight, plain.layer.weight)
+
+    checkpoint = torch.load(tmp_path / 'plain.ckpt', weights_only=True)
+    checkpoint['state_dict'] = {key.replace('layer.', 'other.'): value
+                                for key, value in checkpoint['state_dict'].items()}
+    torch.save(checkpoint, tmp_path / 'renamed.ckpt')
+    with pytest.raises(CheckpointError, match='missing keys'):
+        TinyModel.load_from_checkpoint(tmp_path / 'renamed.ckpt')
