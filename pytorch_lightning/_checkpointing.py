@@ -247,7 +247,7 @@ class CheckpointingMixin:
         if self._flag_in_reads or self._nonfinite is None:
             preempt, stop = self.world.agree(*wants)
         else:
-            preempt, stop, nonfinite = self.world.agree(*wants, self._nonfinite)
+            preempt, stop, nonfinite = self.world.agree(*wants, self._nonfinite_flag())
             self._settle_nonfinite(nonfinite)
         if preempt:
             self._preempt()

@@ -263,14 +263,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         from the device in one transfer together with the pending NaN/inf flag of the
         training losses, which raises ``NonFiniteLossError`` here if it is set. The progress
         bar and the log rows read through this: no other host sync happens per batch."""
-        flag = self._nonfinite if self._flag_in_reads else None
-        if flag is not None:
+        probe = self._nonfinite if self._flag_in_reads else None
+        if probe is not None:
             self._nonfinite = None
-            metrics = {**metrics, _FLAG: flag.float()}
+            metrics = {**metrics, _FLAG: probe}
         numbers = numbers_only(metrics)
-        if flag is not None:
+        if probe is not None:
             since, self._checked_upto = self._checked_upto, self.state.total_batches
-            if numbers.pop(_FLAG):
+            if not math.isfinite(numbers.pop(_FLAG)):
                 self._raise_nonfinite(float('nan'), f'in training batches {since}..'
                                       f'{self.state.total_batches - 1} of the run (counted '
                                       f'from 0; now in epoch {self.state.epoch})', stepped=True)
@@ -756,8 +756,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
 
     def _check_loss(self, loss, batch_idx, opt_i):
         """NaN/inf check of a training loss. Where reading a scalar is free (the CPU) it is
-        checked now, before backward; elsewhere a flag on the device collects it and
-        ``check_finite_losses`` reads it at a fixed batch cadence (no host sync per step)."""
+        checked now, before backward; elsewhere the losses are summed on the device (float32)
+        into ``_nonfinite``, a probe that is NaN/inf exactly when one of them was (barring a
+        sum beyond 3e38), and ``check_finite_losses`` reads it at a fixed batch cadence: no
+        host sync per step, and one kernel per step (the first of a cadence: a copy)."""
         if self.device.cheap_item:
             value = loss.item()
             if not math.isfinite(value):
@@ -767,8 +769,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             self._recent_losses.append(value)
             return
         loss = loss.detach()
-        bad = ~torch.isfinite(loss)
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        if self._nonfinite is None:
+            self._nonfinite = loss.to(torch.float32, copy=True)
+        else:
+            self._nonfinite.add_(loss)
         self._recent_losses.append(loss)
 
     def check_finite_losses(self):
@@ -782,7 +786,11 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         if self._flag_in_reads:
             self.read_numbers({})
             return
-        self._settle_nonfinite(self.world.agree(self._nonfinite)[0])
+        self._settle_nonfinite(self.world.agree(self._nonfinite_flag())[0])
+
+    def _nonfinite_flag(self):
+        """The pending losses' probe as a 0-dim bool tensor: whether one was NaN/inf."""
+        return ~torch.isfinite(self._nonfinite)
 
     def _settle_nonfinite(self, bad):
         """Several ranks: the NaN flag was agreed (``bad``: set on some rank); every rank

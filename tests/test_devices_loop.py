@@ -220,6 +220,37 @@ def test_lazy_nan_check_without_the_bar(quiet, tmp_path):
                checkpoint_io.load(tmp_path / 'c' / 'last.ckpt')['state_dict'].values())
 
 
+class LossShiftedAt(TrainOnlyModel):
+    """Its loss plus ``shifts[total_batches]`` (0 elsewhere): a constant, so the gradients
+    and the weights stay those of the plain loss."""
+
+    def __init__(self, shifts):
+        super().__init__()
+        self.shifts = shifts
+
+    def training_step(self, data_batch):
+        loss = super().training_step(data_batch)
+        return loss + self.shifts.get(self.trainer.state.total_batches, 0.0)
+
+
+@pytest.mark.parametrize('shifts, bad', [
+    ({3: float('inf'), 4: float('-inf')}, True),  # their sum is NaN: still caught
+    ({3: float('inf')}, True),
+    ({k: 1e30 for k in range(5)}, False),  # huge but finite losses: no false alarm
+])
+def test_the_lazy_probe_sums_the_losses_and_catches_any_non_finite_one(quiet, shifts, bad):
+    """The device-side probe is the float32 sum of the losses since the last read: NaN or
+    inf exactly when one of them was."""
+    trainer = Trainer(**quiet(max_nb_epochs=1, add_log_row_interval=5, nb_sanity_val_steps=0))
+    trainer.device.cheap_item = False
+    if bad:
+        with pytest.raises(NonFiniteLossError, match=r'in training batches 0\.\.4 '):
+            trainer.fit(LossShiftedAt(shifts))
+    else:
+        trainer.fit(LossShiftedAt(shifts))
+        assert trainer.state.total_batches == trainer.nb_training_batches
+
+
 def test_eager_nan_check_on_the_cpu_says_nothing_was_stepped(quiet):
     with pytest.raises(NonFiniteLossError, match='batch 5.*nothing was stepped'):
         Trainer(**quiet(max_nb_epochs=4)).fit(NaNAt())
