@@ -37,7 +37,6 @@ from torch import nn  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 from pytorch_lightning.callbacks import MetricsLogging, ProgressBar  # noqa: E402
 from pytorch_lightning.loggers import TestTubeLogger  # noqa: E402
-from pytorch_lightning.loggers import test_tube as test_tube_logger  # noqa: E402
 
 STEPS_PER_S = 2000  # the tiny MLP's pace here (~500 us/step), for amortizing per-second costs
 
@@ -152,7 +151,6 @@ def micro(save_dir, sink):
     def add(name, per_call, per_step_factor, note=''):
         rows.append((name, per_call, per_call * per_step_factor, note))
 
-    batched = getattr(test_tube_logger, 'ROW_BATCH_S', None)
     add('loss.item() (CPU, every step)', _us('loss.item()', 20000, loss=loss), 1)
     add('math.isfinite + deque.append', _us('isf(v); d.append(v)', 200000, isf=math.isfinite,
         v=1.0, d=collections.deque(maxlen=20)), 1)
@@ -178,30 +176,13 @@ def micro(save_dir, sink):
         logcb._until_save = 10 ** 9
         per10 = _us('f()', 1000, f=lambda: logcb.on_batch_end(trainer, model))
         add('MetricsLogging.on_batch_end (avg, row/10)', per10, 1,
-            'row built every 10th step' + (', sends included' if not batched else
-                                           ', sends included (batched)'))
+            'row built every 10th step, the append included')
         logger = trainer.logger
-        sends = []
-        for _ in range(7):
-            time.sleep(0.3)  # the writer is idle: time the send alone
-            start = time.perf_counter()
-            logger.save()
-            sends.append((time.perf_counter() - start) * 1e6)
-        add('TestTubeLogger.save() (send, writer idle)', statistics.median(sends), 1 / 100,
-            'every 100 steps; the writer does the work')
-        sends = []
-        for _ in range(7):
-            time.sleep(0.3)  # > ROW_BATCH_S: this call sends (and wakes the idle writer)
-            start = time.perf_counter()
-            logger.log_metrics({'loss': 0.5, 'epoch': 0}, 0)
-            sends.append((time.perf_counter() - start) * 1e6)
-        if batched:  # at most 1 / ROW_BATCH_S sends per second, at STEPS_PER_S steps/s
-            factor, note = 1 / (batched * STEPS_PER_S), (
-                f'rows batched: at most every {batched} s (per step at {STEPS_PER_S} steps/s)')
-        else:
-            factor, note = 1 / 10, 'every 10 steps: pickle + pipe write + waking the writer'
-        add('TestTubeLogger.log_metrics, a send (writer idle)', statistics.median(sends),
-            factor, note)
+        add('TestTubeLogger.request_save()', _us('f()', 2000, f=logger.request_save), 1 / 100,
+            'every 100 steps; the writer thread saves within a second')
+        row = {'loss': 0.5, 'epoch': 0}
+        add('TestTubeLogger.log_metrics', _us('f(r, 0)', 2000, f=logger.log_metrics, r=row),
+            1 / 10, 'every 10 steps: a list append (the writer thread hands rows to test-tube)')
         add('tqdm_metrics (in a redraw)', _us('t.tqdm_metrics', 2000, t=trainer), 0)
         hooks = trainer._hooks
         add('HookDispatcher: 3 empty hook loops', _us(
