@@ -673,7 +673,7 @@ def _enforce_time_limit(runs, limit_s, stop_timeout_s, out):
         if not run.stopped and now - run.start >= limit_s:
             run.stopped, run.kill_at = 'time limit', now + stop_timeout_s
             print(f"[sweep] version {run.trial['version']} reached its time limit "
-                  f"({limit_s:.0f} s): SIGTERM (it saves its logs and checkpoint)", file=out)
+                  f"({limit_s:g} s): SIGTERM (it saves its logs and checkpoint)", file=out)
             _signal_group(run.proc, signal.SIGTERM)
         elif run.kill_at is not None and now >= run.kill_at:
             run.kill_at = None
