@@ -244,7 +244,7 @@ class CheckpointingMixin:
         several ranks the pending NaN flag is agreed in the same all-reduce (raised first)."""
         preemption = self._preemption
         wants = (preemption is not None and preemption.requested, self.state.should_stop)
-        if self._flag_in_reads or self._nonfinite is None:
+        if self._flag_in_reads or not self._unchecked_losses:
             preempt, stop = self.world.agree(*wants)
         else:
             preempt, stop, nonfinite = self.world.agree(*wants, self._nonfinite_flag())

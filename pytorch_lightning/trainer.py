@@ -34,6 +34,7 @@ from .utilities.slurm import Terminated, TerminationGuard, slurm_job_id
 
 _EMPTY = {}
 _FLAG = object()  # the key of the NaN flag among the numbers read together
+_FOLD_LOSSES = 64  # unchecked device losses kept before they are summed into one
 
 
 class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
@@ -180,7 +181,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self._flag_in_reads = True  # read_numbers may raise on the NaN flag (one process)
         self._distributed_sampler = None
         self.module = None
-        self._nonfinite, self._checked_upto, self._warned_no_step = None, 0, False
+        self._unchecked_losses, self._checked_upto, self._warned_no_step = [], 0, False
         self._scheduler_configs, self.optimizer_frequencies, self._stepped = [], None, ()
         self.optimizers, self.lr_schedulers = [], []
         self.nb_training_batches = self.nb_val_batches = self.nb_test_batches = 0
@@ -263,9 +264,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         from the device in one transfer together with the pending NaN/inf flag of the
         training losses, which raises ``NonFiniteLossError`` here if it is set. The progress
         bar and the log rows read through this: no other host sync happens per batch."""
-        probe = self._nonfinite if self._flag_in_reads else None
+        probe = self._loss_probe() if self._flag_in_reads and self._unchecked_losses else None
         if probe is not None:
-            self._nonfinite = None
+            self._unchecked_losses.clear()
             metrics = {**metrics, _FLAG: probe}
         numbers = numbers_only(metrics)
         if probe is not None:
@@ -616,7 +617,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             state.total_batches += 1
             for fn in batch_end:  # a log row here reads the NaN flag with its numbers
                 fn()
-            if (self._nonfinite is not None and self._flag_in_reads  # DDP: at decision points
+            if (self._unchecked_losses and self._flag_in_reads  # DDP: at decision points
                     and state.total_batches - self._checked_upto >= check_every):
                 self.check_finite_losses()
             validated = val_every and (batch_idx + 1) % val_every == 0
@@ -756,10 +757,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
 
     def _check_loss(self, loss, batch_idx, opt_i):
         """NaN/inf check of a training loss. Where reading a scalar is free (the CPU) it is
-        checked now, before backward; elsewhere the losses are summed on the device (float32)
-        into ``_nonfinite``, a probe that is NaN/inf exactly when one of them was (barring a
-        sum beyond 3e38), and ``check_finite_losses`` reads it at a fixed batch cadence: no
-        host sync per step, and one kernel per step (the first of a cadence: a copy)."""
+        checked now, before backward; elsewhere the loss is kept (``_unchecked_losses``)
+        and ``check_finite_losses`` (or a log row's read) checks them all at a fixed batch
+        cadence through ``_loss_probe``: no host sync and no kernel per step (every
+        ``_FOLD_LOSSES`` losses are folded into their sum, so memory stays bounded)."""
         if self.device.cheap_item:
             value = loss.item()
             if not math.isfinite(value):
@@ -769,10 +770,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             self._recent_losses.append(value)
             return
         loss = loss.detach()
-        if self._nonfinite is None:
-            self._nonfinite = loss.to(torch.float32, copy=True)
-        else:
-            self._nonfinite.add_(loss)
+        pending = self._unchecked_losses
+        pending.append(loss)
+        if len(pending) >= _FOLD_LOSSES:  # a long cadence keeps few tensors: fold them
+            pending[:] = [self._loss_probe()]
         self._recent_losses.append(loss)
 
     def check_finite_losses(self):
@@ -781,22 +782,27 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         loss at once). Called every ``add_log_row_interval`` batches (with the log row's
         read), at each epoch end and before every checkpoint write, so ``last.ckpt`` never
         holds weights trained on a non-finite loss."""
-        if self._nonfinite is None:
+        if not self._unchecked_losses:
             return
         if self._flag_in_reads:
             self.read_numbers({})
             return
         self._settle_nonfinite(self.world.agree(self._nonfinite_flag())[0])
 
+    def _loss_probe(self):
+        """The float32 sum of the losses not checked yet, computed on their device: NaN or
+        inf exactly when one of them was (barring a sum beyond 3e38)."""
+        return torch.stack([loss.float() for loss in self._unchecked_losses]).sum()
+
     def _nonfinite_flag(self):
-        """The pending losses' probe as a 0-dim bool tensor: whether one was NaN/inf."""
-        return ~torch.isfinite(self._nonfinite)
+        """Whether a loss not checked yet was NaN/inf, as a 0-dim bool tensor (no read)."""
+        return ~torch.isfinite(self._loss_probe())
 
     def _settle_nonfinite(self, bad):
         """Several ranks: the NaN flag was agreed (``bad``: set on some rank); every rank
         raises together."""
         since, self._checked_upto = self._checked_upto, self.state.total_batches
-        self._nonfinite = None
+        self._unchecked_losses.clear()
         if bad:
             self._raise_nonfinite(float('nan'), f'on at least one of the {self.world.world_size} '
                                   f'ranks in training batches {since}..'

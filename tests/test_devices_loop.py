@@ -224,8 +224,8 @@ class LossShiftedAt(TrainOnlyModel):
     """Its loss plus ``shifts[total_batches]`` (0 elsewhere): a constant, so the gradients
     and the weights stay those of the plain loss."""
 
-    def __init__(self, shifts):
-        super().__init__()
+    def __init__(self, shifts, n=64):
+        super().__init__(n=n)
         self.shifts = shifts
 
     def training_step(self, data_batch):
@@ -249,6 +249,23 @@ def test_the_lazy_probe_sums_the_losses_and_catches_any_non_finite_one(quiet, sh
     else:
         trainer.fit(LossShiftedAt(shifts))
         assert trainer.state.total_batches == trainer.nb_training_batches
+
+
+def test_unchecked_losses_are_folded_on_a_long_cadence(quiet):
+    """With reads far apart (here only at the epoch end) the unchecked losses are summed into
+    one tensor every 64, so memory stays bounded, and a NaN folded early is still reported."""
+    lengths = []
+
+    class Watch(Callback):
+        def on_batch_end(self, trainer, module):
+            lengths.append(len(trainer._unchecked_losses))
+
+    trainer = Trainer(**quiet(max_nb_epochs=1, add_log_row_interval=1000, callbacks=[Watch()],
+                              nb_sanity_val_steps=0))
+    trainer.device.cheap_item = False
+    with pytest.raises(NonFiniteLossError, match=r'in training batches 0\.\.99 '):
+        trainer.fit(LossShiftedAt({10: float('nan')}, n=800))  # 100 batches
+    assert len(lengths) == 100 and max(lengths) < 64 and 1 in lengths[60:70]
 
 
 def test_eager_nan_check_on_the_cpu_says_nothing_was_stepped(quiet):
