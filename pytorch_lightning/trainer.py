@@ -545,6 +545,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
     def _train(self):
         state = self.state
         start, resume = self._start_position()
+        # the NaN checks count from this fit's first batch (a resume: the checkpoint's)
+        self._unchecked_losses.clear()
+        self._checked_upto = state.total_batches
         for epoch in range(start, self.max_nb_epochs):
             state.epoch = epoch
             state.stage = 'train'

@@ -268,6 +268,16 @@ def test_unchecked_losses_are_folded_on_a_long_cadence(quiet):
     assert len(lengths) == 100 and max(lengths) < 64 and 1 in lengths[60:70]
 
 
+def test_lazy_nan_check_keeps_its_cadence_in_a_second_fit(quiet):
+    """A second fit counts its batches from 0 again: its NaN checks still come every
+    add_log_row_interval batches (not only once it passed the first fit's batch count)."""
+    trainer = Trainer(**quiet(max_nb_epochs=4, add_log_row_interval=5))
+    trainer.device.cheap_item = False
+    trainer.fit(TrainOnlyModel())  # 32 batches, all finite
+    with pytest.raises(NonFiniteLossError, match=r'in training batches 0\.\.4 '):
+        trainer.fit(LossShiftedAt({2: float('nan')}))
+
+
 def test_eager_nan_check_on_the_cpu_says_nothing_was_stepped(quiet):
     with pytest.raises(NonFiniteLossError, match='batch 5.*nothing was stepped'):
         Trainer(**quiet(max_nb_epochs=4)).fit(NaNAt())
