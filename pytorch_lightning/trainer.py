@@ -496,8 +496,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 self._preemption = None
 
     def _start_new_run(self):
-        """A second ``fit`` on this Trainer is a new run: a new log version (default logger)
-        and nothing left over from the last run's metrics."""
+        """A second ``fit`` on this Trainer is a new run: a new log version (default logger),
+        nothing left over from the last run's metrics, a fresh precision part (loss scaler)."""
         if self.logger is not None:
             if self._experiment_arg is None:
                 self.logger = self._build_logger(None, first_fit=False)
@@ -511,6 +511,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.val_metrics, self._test_metrics = {}, {}
         self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
         self._recent_losses.clear()
+        args = self._init_args  # a fresh loss scaler (a resume restores the saved one)
+        self.precision = make_precision(args['use_amp'], args['amp_dtype'], args['amp_level'],
+                                        self.device.root.type)
 
     def _print_resume_hint(self):
         """After Ctrl-C (pending saves done): where the newest checkpoint is, and the

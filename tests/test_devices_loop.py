@@ -152,6 +152,18 @@ def test_classic_optimizer_step_override_goes_through_the_scaler(quiet):
     assert trainer.precision.scaler.state_dict()['_growth_tracker'] == 8
 
 
+def test_a_second_fit_starts_with_a_fresh_loss_scaler(quiet):
+    """Each fit is a new run: the float16 scaler does not carry the first run's scale and
+    growth count into the second (a resume restores them from its checkpoint instead)."""
+    trainer = Trainer(**quiet(use_amp=True, amp_dtype='float16', nb_sanity_val_steps=0))
+    trainer.fit(TinyModel())
+    first = trainer.precision.scaler
+    assert first.state_dict()['_growth_tracker'] == 8  # one per step of the 8
+    trainer.fit(TinyModel())
+    assert trainer.precision.scaler is not first
+    assert trainer.precision.scaler.state_dict()['_growth_tracker'] == 8
+
+
 def test_an_override_that_never_steps_is_reported(quiet):
     class Lazy(TinyModel):
         def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
