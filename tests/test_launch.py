@@ -359,6 +359,35 @@ def test_the_first_rank_to_fail_is_named_not_the_one_it_took_down(tmp_path):
         spawn_ranks(exit_then_fail, 2, timeout_s=LIMIT_S)
 
 
+def test_a_rank_that_dies_just_after_its_peer_raised_is_still_named(tmp_path):
+    """Under load a dying rank's sockets can close well before its exit is visible, so the
+    peer it took down reports first: here rank 1 releases what rank 0 waits on, then exits
+    without a report 0.3 s later. The parent waits FAILURE_SETTLE_S for such a death and names
+    rank 1, not rank 0's consequential error."""
+    def release_then_exit():
+        with open(tmp_path / 'held-by-rank-1', 'a') as held:
+            if os.environ['RANK'] == '1':
+                fcntl.flock(held, fcntl.LOCK_EX)
+            write_pid(tmp_path)
+            if not wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
+                return
+            if os.environ['RANK'] == '1':
+                fcntl.flock(held, fcntl.LOCK_UN)
+                time.sleep(0.3)
+                os._exit(3)
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.001)
+        raise ConnectionError('rank 1 is gone')
+
+    with pytest.raises(RankFailedError, match='Rank 1 of 2 exited with code 3'):
+        spawn_ranks(release_then_exit, 2, timeout_s=LIMIT_S)
+
+
 def test_sigkill_names_the_signal():
     def kill_rank_one():
         if os.environ['RANK'] == '1':

@@ -33,6 +33,9 @@ from ..exceptions import MisconfigurationException, RankFailedError  # noqa: F40
 POLL_S = 0.05  # how often the parent looks at its children
 TERMINATE_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 INTERRUPT_GRACE_S = 15.0  # after Ctrl-C: how long the children get to save their logs
+#: After the first failure seen is an exception report: how long to wait for a rank that died
+#: without one (its exit closed the sockets that made the reporting rank raise).
+FAILURE_SETTLE_S = 1.0
 FORWARDED_SIGNALS = (signal.SIGUSR1,)  # passed on to the ranks while spawn_ranks waits
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 10000, 20000  # below Linux's ephemeral ports (32768+)
 
@@ -452,7 +455,7 @@ class _Ranks:
         while True:
             failed = self._first_failure()
             if failed is not None:
-                return failed
+                return self._settle(failed)
             if all(self.exit_code(rank) == 0 for rank in range(len(self.procs))):
                 return None
             if deadline is not None and time.monotonic() > deadline:
@@ -475,6 +478,23 @@ class _Ranks:
             elif code not in (None, 0):
                 failures.append((previous, rank))
         return min(failures)[1] if failures else None
+
+    def _settle(self, failed):
+        """The rank to name, once ``failed`` was seen failing. A rank that dies without a
+        report (an exit code, a signal) takes its peers down: their collectives raise as soon
+        as its sockets close, which happens before the kernel lets its exit be seen, so a
+        peer's report can come first. Such a death within ``FAILURE_SETTLE_S`` of the first
+        failure is named instead; otherwise the earliest failure."""
+        end = time.monotonic() + FAILURE_SETTLE_S
+        while self._report(failed) is not None:
+            died = [rank for rank in range(len(self.procs)) if self._report(rank) is None
+                    and self.exit_code(rank) not in (None, 0)]
+            if died:
+                return died[0]
+            if time.monotonic() > end:
+                return self._first_failure()
+            time.sleep(POLL_S)
+        return failed
 
     def _report(self, rank):
         try:
