@@ -334,10 +334,12 @@ def test_os_exit_names_rank_and_code_and_leaves_no_process(tmp_path):
     assert not still_running(pids)
 
 
-def test_the_first_rank_to_fail_is_named_not_the_one_it_took_down(tmp_path):
-    """Rank 0 raises as soon as rank 1's files are closed by its exit, as a collective whose
-    peer's socket closes does; the parent often sees both at once, and must name rank 1."""
-    def exit_then_fail():
+def rank_one_takes_rank_zero_down(tmp_path, exit_delay):
+    """A function for two ranks: rank 1 holds a lock that rank 0 waits on (as a collective
+    waits on its peer's socket), releases it (an exit closes it; with ``exit_delay`` it
+    unlocks first and exits that much later) and exits with code 3 without a report; rank 0
+    raises ConnectionError as soon as it gets the lock."""
+    def run():
         with open(tmp_path / 'held-by-rank-1', 'a') as held:
             if os.environ['RANK'] == '1':
                 fcntl.flock(held, fcntl.LOCK_EX)
@@ -345,6 +347,9 @@ def test_the_first_rank_to_fail_is_named_not_the_one_it_took_down(tmp_path):
             if not wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
                 return
             if os.environ['RANK'] == '1':
+                if exit_delay:
+                    fcntl.flock(held, fcntl.LOCK_UN)
+                    time.sleep(exit_delay)
                 os._exit(3)
             end = time.monotonic() + 60
             while time.monotonic() < end:
@@ -354,9 +359,14 @@ def test_the_first_rank_to_fail_is_named_not_the_one_it_took_down(tmp_path):
                 except BlockingIOError:
                     time.sleep(0.001)
         raise ConnectionError('rank 1 is gone')
+    return run
 
+
+def test_the_first_rank_to_fail_is_named_not_the_one_it_took_down(tmp_path):
+    """Rank 0 raises as soon as rank 1's files are closed by its exit, as a collective whose
+    peer's socket closes does; the parent often sees both at once, and must name rank 1."""
     with pytest.raises(RankFailedError, match='Rank 1 of 2 exited with code 3'):
-        spawn_ranks(exit_then_fail, 2, timeout_s=LIMIT_S)
+        spawn_ranks(rank_one_takes_rank_zero_down(tmp_path, 0), 2, timeout_s=LIMIT_S)
 
 
 def test_a_rank_that_dies_just_after_its_peer_raised_is_still_named(tmp_path):
@@ -364,28 +374,8 @@ def test_a_rank_that_dies_just_after_its_peer_raised_is_still_named(tmp_path):
     peer it took down reports first: here rank 1 releases what rank 0 waits on, then exits
     without a report 0.3 s later. The parent waits FAILURE_SETTLE_S for such a death and names
     rank 1, not rank 0's consequential error."""
-    def release_then_exit():
-        with open(tmp_path / 'held-by-rank-1', 'a') as held:
-            if os.environ['RANK'] == '1':
-                fcntl.flock(held, fcntl.LOCK_EX)
-            write_pid(tmp_path)
-            if not wait_for([tmp_path / 'pid-0', tmp_path / 'pid-1']):
-                return
-            if os.environ['RANK'] == '1':
-                fcntl.flock(held, fcntl.LOCK_UN)
-                time.sleep(0.3)
-                os._exit(3)
-            end = time.monotonic() + 60
-            while time.monotonic() < end:
-                try:
-                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    time.sleep(0.001)
-        raise ConnectionError('rank 1 is gone')
-
     with pytest.raises(RankFailedError, match='Rank 1 of 2 exited with code 3'):
-        spawn_ranks(release_then_exit, 2, timeout_s=LIMIT_S)
+        spawn_ranks(rank_one_takes_rank_zero_down(tmp_path, 0.3), 2, timeout_s=LIMIT_S)
 
 
 def test_sigkill_names_the_signal():
