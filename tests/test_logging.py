@@ -218,3 +218,18 @@ def test_writer_spaces_slow_saves_by_their_cost(tmp_path, monkeypatch):
     logger.flush()
     assert logger._next_save >= start + 0.2 / tt.SAVE_SHARE  # >= 10 s later, not 1 s
     logger.finalize()
+
+
+def test_two_trainers_with_their_own_save_paths_each_write_their_own_folder(tmp_path):
+    """test-tube finds every Experiment's folder from one global, the newest Experiment's
+    save_dir: the first trainer's test() row must still land in its own metrics.csv, and
+    not overwrite the second trainer's."""
+    first = Trainer(**logged_kwargs(tmp_path / 'a', max_nb_epochs=1))
+    first.fit(TinyModel())
+    second = Trainer(**logged_kwargs(tmp_path / 'b', max_nb_epochs=1))
+    second.fit(TinyModel())
+    first.test()
+    own = read_rows(tmp_path / 'a' / 'lightning_logs' / 'version_0')
+    other = read_rows(tmp_path / 'b' / 'lightning_logs' / 'version_0')
+    assert own[-1]['test_acc'] and not any(row.get('test_acc') for row in other)
+    assert len(other) == 1 and other[0]['val_loss']  # the second run's one validation row

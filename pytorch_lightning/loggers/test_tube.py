@@ -54,6 +54,26 @@ CSV_ONLY = frozenset({'step', 'global_step', 'created_at'})
 _open_loggers = weakref.WeakSet()
 
 
+class _OwnDataPath:
+    """An Experiment's ``get_data_path``, resolved from its own ``save_dir``: test-tube's
+    resolves every Experiment's folder from one module global, the ``save_dir`` of the
+    Experiment created last, so with two trainers in one process (other save paths) the
+    older one would write its files into the newer one's folder. A class, so it pickles."""
+
+    def __init__(self, save_dir):
+        self.save_dir = save_dir
+
+    def __call__(self, exp_name, exp_version):
+        return os.path.join(self.save_dir, exp_name, f'version_{exp_version}')
+
+
+def _pin_folder(exp):
+    """Make ``exp`` find its files under its own ``save_dir`` from now on (see
+    ``_OwnDataPath``); an Experiment without a ``save_dir`` keeps test-tube's default."""
+    if getattr(exp, 'save_dir', None) is not None and 'get_data_path' not in vars(exp):
+        exp.get_data_path = _OwnDataPath(exp.save_dir)
+
+
 class LoggerError(RuntimeError):
     """Writing the logs failed; the message carries test-tube's traceback."""
 
@@ -358,6 +378,7 @@ class TestTubeLogger(LightningLoggerBase):
         elif resume is not None:  # the user's open Experiment: reopen its TensorBoard file
             exp.close()            # at the next scalar, hiding the killed run's later events
             exp.purge_step = resume['purge_step']
+        _pin_folder(exp)
         self._exp = exp
         if not exp.debug:
             # test-tube reads metrics.csv and meta_tags.csv with pandas, which turns ints
