@@ -497,7 +497,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
 
     def _start_new_run(self):
         """A second ``fit`` on this Trainer is a new run: a new log version (default logger),
-        nothing left over from the last run's metrics, a fresh precision part (loss scaler)."""
+        nothing left over from the last run's metrics or warnings, a fresh precision part
+        (loss scaler)."""
         if self.logger is not None:
             if self._experiment_arg is None:
                 self.logger = self._build_logger(None, first_fit=False)
@@ -511,6 +512,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.val_metrics, self._test_metrics = {}, {}
         self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
         self._recent_losses.clear()
+        self._warned_no_step = False  # the missing optimizer.step() warning: once per run
         args = self._init_args  # a fresh loss scaler (a resume restores the saved one)
         self.precision = make_precision(args['use_amp'], args['amp_dtype'], args['amp_level'],
                                         self.device.root.type)
