@@ -196,6 +196,15 @@ def make_resumable(loader):
     return DataLoader(loader.dataset, batch_sampler=sampler, **_loader_kwargs(loader)), sampler
 
 
+def release_workers(loader):
+    """Stop the worker processes a ``DataLoader`` with ``persistent_workers=True`` keeps
+    between epochs (torch holds them in the loader's iterator, and shuts them down when that
+    iterator is dropped). For the loaders ``fit`` built itself, at its end; the user's own
+    loaders keep theirs."""
+    if getattr(loader, '_iterator', None) is not None:
+        loader._iterator = None
+
+
 # ---------------------------------------------------------------------------- several processes
 def distributed_loader(loader, rank, world_size, seed, name):
     """``(loader, distributed_sampler)`` for training on rank ``rank`` of ``world_size``.

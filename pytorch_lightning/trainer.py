@@ -22,7 +22,7 @@ from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
 from .data import (distributed_loader, find_loader_attr, get_loader, limited_batches,
-                   make_resumable)
+                   make_resumable, release_workers)
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
@@ -181,6 +181,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self._flag_in_reads = True  # read_numbers may raise on the NaN flag (one process)
         self._distributed_sampler = None
         self.module = None
+        self._built_loaders = []  # loaders fit made from the module's (workers released at end)
         self._unchecked_losses, self._checked_upto, self._warned_no_step = [], 0, False
         self._scheduler_configs, self.optimizer_frequencies, self._stepped = [], None, ()
         self.optimizers, self.lr_schedulers = [], []
@@ -382,7 +383,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         else:
             self._train_step_arity = step_arity(model, 'training_step', len(self.optimizers))
         self.device.prepare(model, len(self.optimizers))  # DDP's wrapper, before any freezing
-        self._train_loader, self._resumable_sampler = make_resumable(self._training_loader(model))
+        users = get_loader(model, 'train')
+        self._train_loader, self._resumable_sampler = make_resumable(
+            self._training_loader(model, users))
+        self._built_loaders = [self._train_loader] if self._train_loader is not users else []
         self.nb_training_batches = self._batch_limit(self._train_loader, self.train_percent_check,
                                                      'train_percent_check')
         if self.nb_training_batches == 0:
@@ -408,9 +412,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                               for opt in self.optimizers]
         self._unchecked_outputs = len(self.optimizers)  # first batch: one per optimizer
 
-    def _training_loader(self, model):
-        """The module's training loader; with several processes, each rank's share of it."""
-        loader = get_loader(model, 'train')
+    def _training_loader(self, model, loader):
+        """The module's training ``loader``; with several processes, each rank's share of it."""
         world = self.world
         self._distributed_sampler = None
         if world.world_size > 1:  # one shuffle seed for all ranks: rank 0's torch seed
@@ -491,6 +494,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         finally:
             termination.uninstall()
             self.device.teardown(model)
+            for loader in self._built_loaders:  # the copies fit made: their workers stop now
+                release_workers(loader)
             if self._preemption is not None:
                 self._preemption.uninstall()
                 self._preemption = None

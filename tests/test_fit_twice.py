@@ -9,6 +9,7 @@ optimizer, scheduler and precision state, callback state, the checkpoint written
 rows logged. The first fit (B1) is a different model, so whatever it leaves behind differs."""
 import csv
 import dataclasses
+import multiprocessing
 import os
 import random
 import warnings
@@ -310,8 +311,15 @@ def test_the_same_loader_object_with_persistent_workers_serves_both_fits(tmp_pat
     roots = str(tmp_path / 'second'), str(tmp_path / 'fresh')
     assert_same(visible_results(again, model_1), visible_results(fresh, model_2), 'workers',
                 roots)
-    # Stop the persistent workers now. Left to a garbage collection at some later moment of
-    # the session, torch's shutdown of them was seen to wait its 5 s join timeout per worker.
-    for trainer in (again, fresh):
-        trainer._train_loader._iterator = None
-    shared._iterator = None
+    assert not multiprocessing.active_children()  # fit stopped the workers of its copies
+
+
+def test_fit_stops_the_persistent_workers_of_the_loader_copy_it_made(quiet):
+    """fit iterates its own copy of a plain training DataLoader (around the resumable
+    sampler); that copy's persistent workers end with fit. The user's loader is untouched."""
+    loader = worker_loader()
+    before = set(multiprocessing.active_children())
+    trainer = Trainer(**quiet(max_nb_epochs=2, nb_sanity_val_steps=0))
+    trainer.fit(WorkerModel(loader))
+    assert trainer._train_loader is not loader and loader._iterator is None
+    assert set(multiprocessing.active_children()) == before
