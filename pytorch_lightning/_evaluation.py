@@ -61,14 +61,17 @@ class EvaluationMixin:
             hooks.call('on_pre_performance_check')
         was_training = module.training
         module.eval()
-        with torch.no_grad():
-            per_loader = [self._evaluate_loader(testing, loader, limit, arity, loader_i)
-                          for loader_i, (loader, limit) in enumerate(zip(loaders, limits))]
-            if any(sharded):
-                per_loader = self._gather_outputs(per_loader, sharded)
-            end_name = f'{kind}_end'
-            metrics = getattr(module, end_name)(per_loader if len(loaders) > 1 else per_loader[0])
-        module.train(was_training)
+        end_name = f'{kind}_end'
+        try:
+            with torch.no_grad():
+                per_loader = [self._evaluate_loader(testing, loader, limit, arity, loader_i)
+                              for loader_i, (loader, limit) in enumerate(zip(loaders, limits))]
+                if any(sharded):
+                    per_loader = self._gather_outputs(per_loader, sharded)
+                metrics = getattr(module, end_name)(
+                    per_loader if len(loaders) > 1 else per_loader[0])
+        finally:  # also after Ctrl-C or an error: the model goes on being used (a notebook)
+            module.train(was_training)
         checks.check_eval_end_output(end_name, metrics)
         for key in ('progress_bar', 'log'):  # 0.5.x nested dicts: their metrics count too
             if isinstance(metrics.get(key), dict):
