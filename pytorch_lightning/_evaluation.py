@@ -10,7 +10,7 @@ import torch
 from . import checkpoint_io
 from . import validation as checks
 from ._dispatch import step_arity
-from .data import find_loader_attr, get_loaders, shard_loader
+from .data import find_loader_attr, get_loaders, shard_loader, workers_stopped_on_error
 from .exceptions import MisconfigurationException
 from .utilities import StepOutputs, batch_size_of
 from .utilities.transfer import move_to_device
@@ -112,20 +112,22 @@ class EvaluationMixin:
         batch_end = self._hooks.hooks['on_validation_batch_end'] if not testing else ()
         loss_key = 'test_loss' if testing else 'val_loss'
         outputs = StepOutputs()
-        batches = loader if limit is None else itertools.islice(loader, limit)
-        for batch_idx, batch in enumerate(batches):
-            if transfer:
-                batch = device.to_device(module, batch)
-            out = device.run_step(module, step_name, batch, (batch_idx, loader_i)[:arity - 1],
-                                  autocast)
-            if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
-                loss, out = out[0], dict(out[1])
-                out.setdefault(loss_key, loss)
-            outputs.append(out)
-            size = batch_size_of(batch)
-            outputs.batch_sizes.append(1 if size is None else size)
-            for fn in batch_end:
-                fn()
+        iterator = iter(loader)
+        batches = iterator if limit is None else itertools.islice(iterator, limit)
+        with workers_stopped_on_error(iterator, loader):
+            for batch_idx, batch in enumerate(batches):
+                if transfer:
+                    batch = device.to_device(module, batch)
+                out = device.run_step(module, step_name, batch, (batch_idx, loader_i)[:arity - 1],
+                                      autocast)
+                if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+                    loss, out = out[0], dict(out[1])
+                    out.setdefault(loss_key, loss)
+                outputs.append(out)
+                size = batch_size_of(batch)
+                outputs.batch_sizes.append(1 if size is None else size)
+                for fn in batch_end:
+                    fn()
         return outputs
 
     def test(self, model=None, ckpt_path=None):

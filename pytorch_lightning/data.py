@@ -1,6 +1,7 @@
 """Reading the module's dataloaders, deciding how many batches each loop runs, and
 resumable sampling for exact mid-epoch resume, and the loaders of several processes (a
 distributed sampler for training, disjoint shards for evaluation)."""
+import contextlib
 import itertools
 
 import torch
@@ -203,6 +204,26 @@ def release_workers(loader):
     loaders keep theirs."""
     if getattr(loader, '_iterator', None) is not None:
         loader._iterator = None
+
+
+@contextlib.contextmanager
+def workers_stopped_on_error(iterator, loader):
+    """Run the body that iterates ``iterator`` (an iterator of ``loader``); when it raises
+    (an error, Ctrl-C), shut the iterator's worker processes down before the exception
+    leaves. torch stops them only when the iterator is dropped, but the traceback keeps the
+    frames that hold it, and a notebook keeps the last traceback (``sys.last_traceback``):
+    the workers would live on until the next error. A persistent iterator is also taken off
+    its loader, so the loader's next ``iter()`` starts new workers. A no-op for iterators
+    without workers."""
+    try:
+        yield
+    except BaseException:
+        shutdown = getattr(iterator, '_shutdown_workers', None)
+        if shutdown is not None:
+            shutdown()
+            if getattr(loader, '_iterator', None) is iterator:
+                loader._iterator = None
+        raise
 
 
 # ---------------------------------------------------------------------------- several processes

@@ -22,7 +22,7 @@ from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
 from .data import (distributed_loader, find_loader_attr, get_loader, limited_batches,
-                   make_resumable, release_workers)
+                   make_resumable, release_workers, workers_stopped_on_error)
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
@@ -615,33 +615,35 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         agree = self.world.agree
         if self._distributed_sampler is not None:
             self._distributed_sampler.set_epoch(epoch)
-        first, batches = self._epoch_batches(resume)
-        if nb is not None:  # stop without loading a batch past the limit
-            batches = itertools.islice(batches, max(0, nb - first))
-        for batch_idx, batch in enumerate(batches, first):
-            state.batch_idx = batch_idx
-            if device is not None:
-                batch = device.to_device(self.module, batch)
-            if module_batch_start is not None and agree(module_batch_start(batch) == -1)[0]:
-                break
-            for fn in callback_batch_start:
-                fn(batch)
-            self._training_batch(batch, batch_idx)
-            state.total_batches += 1
-            for fn in batch_end:  # a log row here reads the NaN flag with its numbers
-                fn()
-            if (self._unchecked_losses and self._flag_in_reads  # DDP: at decision points
-                    and state.total_batches - self._checked_upto >= check_every):
-                self.check_finite_losses()
-            validated = val_every and (batch_idx + 1) % val_every == 0
-            if validated:
-                self._validate()
-            for fn in save_point_hooks:  # the save point (see _save_point), inlined
-                fn()
-            if decide_every == 1 or validated or state.total_batches % decide_every == 0:
-                self._decide()
-                if state.should_stop and epoch >= min_epochs:  # min epochs already complete
+        first, iterator = self._epoch_batches(resume)
+        batches = iterator  # with a limit: stop without loading a batch past it
+        if nb is not None:
+            batches = itertools.islice(iterator, max(0, nb - first))
+        with workers_stopped_on_error(iterator, self._train_loader):
+            for batch_idx, batch in enumerate(batches, first):
+                state.batch_idx = batch_idx
+                if device is not None:
+                    batch = device.to_device(self.module, batch)
+                if module_batch_start is not None and agree(module_batch_start(batch) == -1)[0]:
                     break
+                for fn in callback_batch_start:
+                    fn(batch)
+                self._training_batch(batch, batch_idx)
+                state.total_batches += 1
+                for fn in batch_end:  # a log row here reads the NaN flag with its numbers
+                    fn()
+                if (self._unchecked_losses and self._flag_in_reads  # DDP: at decision points
+                        and state.total_batches - self._checked_upto >= check_every):
+                    self.check_finite_losses()
+                validated = val_every and (batch_idx + 1) % val_every == 0
+                if validated:
+                    self._validate()
+                for fn in save_point_hooks:  # the save point (see _save_point), inlined
+                    fn()
+                if decide_every == 1 or validated or state.total_batches % decide_every == 0:
+                    self._decide()
+                    if state.should_stop and epoch >= min_epochs:  # min epochs already complete
+                        break
         if state.accumulation_position:  # loader ran out (or stopped) mid-window
             for opt_i, optimizer in enumerate(self.optimizers):
                 self.world.reduce_gradients(self.param_groups[opt_i])  # DDP did not sync them

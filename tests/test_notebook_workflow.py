@@ -2,6 +2,7 @@
 Ctrl-C in the middle of a fit (a KeyboardInterrupt raised from a callback reaches fit exactly
 as a real one does), then more cells. Each test ends by checking that nothing the library
 started is left running."""
+import gc
 import multiprocessing
 import os
 import re
@@ -9,6 +10,7 @@ import threading
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from models import TinyModel
 from pytorch_lightning import Trainer, notebook
@@ -183,15 +185,22 @@ def test_save_after_fit_then_test_from_that_file_on_a_new_trainer(tmp_path):
         {k: float(v) for k, v in expected.items()}
 
 
-def test_progress_bar_closed_by_ctrl_c(tmp_path):
+def test_progress_bar_closed_by_ctrl_c(tmp_path, capsys):
     from tqdm import tqdm
     trainer = Trainer(**logging_kwargs(tmp_path, experiment=False, progress_bar=True,
                                        callbacks=[CtrlCAt(3)]))
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(TinyModel())
-    assert len(getattr(tqdm, '_instances', ())) == 0
+    assert len(getattr(tqdm, '_instances', ())) == 0  # closed: tqdm keeps no line for it
+    err = capsys.readouterr().err
+    # the bar's line was ended before the resume hint, which starts a line of its own
+    assert 'Epoch 0' in err
+    assert any(line.startswith('Interrupted.') for line in err.split('\n')), err
+    assert err.endswith('\n')
     Trainer(**logging_kwargs(tmp_path, experiment=False, progress_bar=True)).fit(TinyModel())
     assert len(getattr(tqdm, '_instances', ())) == 0
+    err = capsys.readouterr().err
+    assert 'Epoch 1' in err and err.endswith('\n')
 
 
 class CtrlCInEvaluation(TinyModel):
@@ -223,3 +232,53 @@ def test_ctrl_c_in_validation_or_test_leaves_the_model_in_train_mode(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         trainer.test(model)
     assert not model.training
+
+
+class WorkersModel(CtrlCInEvaluation):
+    """Training and validation loaders with 2 worker processes each."""
+
+    def __init__(self, persistent, ctrl_c_in_validation):
+        super().__init__()
+        self.persistent, self.ctrl_c_in_validation = persistent, ctrl_c_in_validation
+
+    def _with_workers(self, loader):
+        return DataLoader(loader.dataset, batch_size=8, num_workers=2,
+                          persistent_workers=self.persistent)
+
+    @property
+    def tng_dataloader(self):
+        return self._with_workers(super().tng_dataloader)
+
+    @property
+    def val_dataloader(self):
+        return self._with_workers(super().val_dataloader)
+
+    def validation_step(self, data_batch, batch_nb):
+        if self.ctrl_c_in_validation:
+            return super().validation_step(data_batch, batch_nb)
+        return TinyModel.validation_step(self, data_batch, batch_nb)
+
+
+@pytest.mark.parametrize('persistent, in_validation',
+                         [(False, False), (True, False), (True, True)])
+def test_ctrl_c_stops_the_loader_workers_while_the_traceback_is_kept(tmp_path, persistent,
+                                                                      in_validation):
+    # a notebook keeps the last exception (sys.last_value) and with it the frames that hold
+    # the interrupted loader iterator: its worker processes must not live on with it
+    model = WorkersModel(persistent, in_validation)
+    callbacks = [] if in_validation else [CtrlCAt(3)]
+    trainer = Trainer(**logging_kwargs(tmp_path, experiment=False, checkpoint_callback=False,
+                                       callbacks=callbacks))
+    with pytest.raises(KeyboardInterrupt) as kept:
+        trainer.fit(model)
+    assert kept.value.__traceback__ is not None
+    assert multiprocessing.active_children() == []
+    model.ctrl_c_in_validation = False  # the next cell: the same loaders work again
+    for callback in callbacks:
+        callback.at = None
+    trainer.fit(model)
+    assert trainer.state.total_batches == 16
+    # by design the user's own persistent loaders keep their workers while referenced (the
+    # trainer holds the validation loader): they stop with the trainer
+    del kept, trainer, model
+    gc.collect()
