@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from models import TinyModel
+from test_logging import logged_kwargs as logging_kwargs  # logging on; no bar, no summary
 from pytorch_lightning import Trainer, notebook
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers.test_tube import LOCK_NAME
@@ -29,14 +30,6 @@ def nothing_left_behind():
             if t.is_alive() and t.name.startswith(LIBRARY_THREADS)]
     assert left == []
     assert multiprocessing.active_children() == []
-
-
-def logging_kwargs(save_path, **overrides):
-    """Logging on (experiment=None), no bar, no summary: the notebook defaults, made quiet."""
-    kwargs = dict(default_save_path=str(save_path), progress_bar=False,
-                  print_weights_summary=False, max_nb_epochs=2, nb_sanity_val_steps=0)
-    kwargs.update(overrides)
-    return kwargs
 
 
 class CtrlCAt(Callback):
