@@ -17,6 +17,20 @@ def quiet_trainer_kwargs(tmp_path, **overrides):
 
 
 @pytest.fixture
+def fake_scontrol(tmp_path):
+    """A stand-in for SLURM's ``scontrol`` that records its arguments: returns ``(path,
+    calls)``, the ``PATH`` that finds it first and the file each call appends its arguments
+    to (``requeue <job>`` after a preemption)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    calls = tmp_path / 'scontrol_calls.txt'
+    scontrol = bin_dir / 'scontrol'
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}", calls
+
+
+@pytest.fixture
 def quiet(tmp_path):
     return lambda **overrides: quiet_trainer_kwargs(tmp_path, **overrides)
 

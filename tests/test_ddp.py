@@ -343,14 +343,8 @@ def test_a_dead_srun_task_without_kill_on_bad_exit_does_not_hang_the_other(tmp_p
     assert codes[1] == 3 and codes[0] not in (0, None), outputs
 
 
-def test_sigusr1_round_trip_under_ddp(tmp_path):
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    calls = tmp_path / 'scontrol_calls.txt'
-    scontrol = bin_dir / 'scontrol'
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    scontrol.chmod(0o755)
-    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+def test_sigusr1_round_trip_under_ddp(tmp_path, fake_scontrol):
+    path, calls = fake_scontrol
     out = tmp_path / 'run'
     # rank 1 alone receives SIGUSR1 (after batch 3): every rank stops at the next agreed batch
     codes, outputs = finish(start_slurm_ranks(out, ['--inject', '1,3,usr1', '--epochs', '3'],
@@ -372,16 +366,11 @@ def test_sigusr1_round_trip_under_ddp(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigusr1_to_a_batch_script_that_spawned_its_ranks(tmp_path):
+def test_sigusr1_to_a_batch_script_that_spawned_its_ranks(tmp_path, fake_scontrol):
     """`python train.py` in an sbatch script (no srun): fit spawns the ranks, SLURM signals
     the script, the ranks save and requeue, and the script exits 0."""
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    calls = tmp_path / 'scontrol_calls.txt'
-    (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_dir / 'scontrol').chmod(0o755)
-    env = {'SLURM_JOB_ID': '77', 'SLURM_NTASKS': '2',
-           'PATH': f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    path, calls = fake_scontrol
+    env = {'SLURM_JOB_ID': '77', 'SLURM_NTASKS': '2', 'PATH': path}
     done = run_script([sys.executable, SCRIPT, str(tmp_path / 'run'), '--inject', '1,3,usr1parent',
                        '--epochs', '3'], env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

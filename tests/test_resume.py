@@ -77,14 +77,9 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, uninterrupted):
     assert not [n for n in os.listdir(folder) if n.endswith('.tmp')]  # cleaned on next save
 
 
-def test_slurm_sigusr1_saves_requeues_and_resumes(tmp_path, uninterrupted):
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    calls = tmp_path / 'scontrol_calls.txt'
-    fake = bin_dir / 'scontrol'
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    fake.chmod(0o755)
-    env = dict(os.environ, SLURM_JOB_ID='4242', PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+def test_slurm_sigusr1_saves_requeues_and_resumes(tmp_path, uninterrupted, fake_scontrol):
+    path, calls = fake_scontrol
+    env = dict(os.environ, SLURM_JOB_ID='4242', PATH=path)
     out, save_dir = tmp_path / 'out.pt', tmp_path / 'run'
     proc = run(save_dir, out, '--kill-at', 16, '--kill-in', 'usr1', env=env, expect=0)
     assert 'requeued job 4242' in proc.stdout
