@@ -173,7 +173,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.state = TrainerState()
         self.device = make_device(gpus, distributed_backend,
                                   find_unused_parameters=find_unused_parameters)
-        self.precision = make_precision(use_amp, amp_dtype, amp_level, self.device.root.type)
+        self.precision = self._new_precision()
         self.world = SingleProcess()  # a DistributedWorld once fit joins one
         self._distributed = distributed_backend in ('ddp', 'ddp_spawn')
         self.nb_gpu_nodes, self.num_processes = nb_gpu_nodes, num_processes
@@ -508,9 +508,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             if self._experiment_arg is None:
                 self.logger = self._build_logger(None, first_fit=False)
             elif self.resume_from_checkpoint is None and self.unfinished_run_checkpoint() is None:
+                folder = os.path.dirname(self.default_checkpoint_dir())
                 raise MisconfigurationException(
                     f"fit() was called again on a Trainer that logs into one fixed version "
-                    f"({self.default_checkpoint_dir()[:-len('/checkpoints')]}); a second run would mix its rows with the "
+                    f"({folder}); a second run would mix its rows with the "
                     f"first's. Use a new Trainer with another Experiment (or experiment=None "
                     f"for the next free version each fit), or pass resume_from_checkpoint= "
                     f"to continue the first run.")
@@ -518,9 +519,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.last_loss, self.last_prog, self.last_log = None, _EMPTY, _EMPTY
         self._recent_losses.clear()
         self._warned_no_step = False  # the missing optimizer.step() warning: once per run
-        args = self._init_args  # a fresh loss scaler (a resume restores the saved one)
-        self.precision = make_precision(args['use_amp'], args['amp_dtype'], args['amp_level'],
-                                        self.device.root.type)
+        self.precision = self._new_precision()  # a resume restores the saved scaler
+
+    def _new_precision(self):
+        """The precision part the AMP arguments ask for, fresh (a float16 loss scaler at its
+        initial scale)."""
+        args = self._init_args
+        return make_precision(args['use_amp'], args['amp_dtype'], args['amp_level'],
+                              self.device.root.type)
 
     def _print_resume_hint(self):
         """After Ctrl-C (pending saves done): where the newest checkpoint is, and the
