@@ -236,3 +236,21 @@ def test_float16_two_optimizers_with_frequencies_match_torchs_loop(quiet):
     assert trainer.state.optimizer_steps == [14, 6]
     assert record.seen == seen
     assert_same_state(trainer, module, opts, scaler)
+
+
+def test_grad_norms_of_an_epoch_end_step_do_not_reach_the_next_epochs_row(tmp_path):
+    """track_grad_norm: the step of a window left open at the epoch end is taken after its
+    batch's row; a row whose batch closes no window has no norms (docs/trainer.md), so the
+    first row of the next epoch, written inside a window, carries none of them."""
+    from test_logger_interface import Recording, kwargs
+    logger = Recording()
+    # windows of 3 over 10 batches: the 11th batch (epoch 1, batch 0) writes a row and closes
+    # no window; the epoch-end step just before it took norms while a row was due next. The
+    # 33rd (epoch 3, batch 2) closes a window: its row has that window's norms.
+    trainer = Trainer(**kwargs(tmp_path, **F16, logger=logger, add_log_row_interval=11,
+                               track_grad_norm=2, accumulate_grad_batches=3, max_nb_epochs=4))
+    trainer.fit(Scaled())
+    rows = [call[1] for call in logger.calls if call[0] == 'metrics']
+    assert [(row['epoch'], row['global_step']) for row in rows] == [(1, 4), (2, 8), (3, 13)]
+    assert [sorted(key for key in row if key.startswith('grad_')) for row in rows] == [
+        [], [], ['grad_2_norm_layer.bias', 'grad_2_norm_layer.weight', 'grad_2_norm_total']]

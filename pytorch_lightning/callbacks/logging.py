@@ -37,7 +37,7 @@ class MetricsLogging(Callback):
         self._grad_norms = {}
         self._lr_names = {}
         if grad_norm_type <= 0:
-            self.skip_hooks = frozenset({'on_before_optimizer_step'})
+            self.skip_hooks = frozenset({'on_before_optimizer_step', 'on_epoch_end'})
 
     def on_fit_start(self, trainer, module):
         self.logger.log_hyperparams(getattr(module, 'hparams', None))
@@ -52,6 +52,11 @@ class MetricsLogging(Callback):
     def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
         if self._until_row == 1:  # a row is written after this batch: true, whole-window grads
             self._grad_norms = module.grad_norm(self.grad_norm_type)
+
+    def on_epoch_end(self, trainer, module):
+        # the step of a window left open at the epoch end came after its batch's row: its
+        # norms belong to no row (the next epoch's first row may close no window)
+        self._grad_norms = {}
 
     def on_batch_end(self, trainer, module):
         self._until_row -= 1
