@@ -126,15 +126,24 @@ def reference_accumulation(nb_epochs, acc, clip):
     return module, opt, scaler, seen, steps
 
 
-def assert_same_state(trainer, module, optimizers, scaler):
+def same(a, b):
+    """Equal to the bit, through the tensors, lists and dicts of an optimizer's state."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def assert_same_state(trainer, module, optimizers, scaler_state):
     for (name, mine), theirs in zip(trainer.module.state_dict().items(),
                                     module.state_dict().values()):
         assert torch.equal(mine, theirs), name
     for ours, theirs in zip(trainer.optimizers, optimizers):
-        for a, b in zip(ours.state.values(), theirs.state.values()):
-            for key in b:
-                assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
-    assert trainer.precision.scaler.state_dict() == scaler.state_dict()
+        assert same(ours.state_dict(), theirs.state_dict())
+    assert trainer.precision.state_dict() == scaler_state
 
 
 def test_float16_accumulation_with_an_open_window_matches_torchs_loop(quiet, capsys):
@@ -152,7 +161,7 @@ def test_float16_accumulation_with_an_open_window_matches_torchs_loop(quiet, cap
     assert record.unscales == steps
     assert record.seen == seen
     assert seen[INF_AT][0] == seen[INF_AT + 1][0] * 2  # the skip halved the scale
-    assert_same_state(trainer, module, [opt], scaler)
+    assert_same_state(trainer, module, [opt], {'scaler': scaler.state_dict()})
     printed = capsys.readouterr().out
     assert printed.count('non-finite gradient in layer.weight') == 1
 
@@ -235,7 +244,7 @@ def test_float16_two_optimizers_with_frequencies_match_torchs_loop(quiet):
     assert trainer.global_step == 20 and record.unscales == 20
     assert trainer.state.optimizer_steps == [14, 6]
     assert record.seen == seen
-    assert_same_state(trainer, module, opts, scaler)
+    assert_same_state(trainer, module, opts, {'scaler': scaler.state_dict()})
 
 
 def test_grad_norms_of_an_epoch_end_step_do_not_reach_the_next_epochs_row(tmp_path):
@@ -254,3 +263,148 @@ def test_grad_norms_of_an_epoch_end_step_do_not_reach_the_next_epochs_row(tmp_pa
     assert [(row['epoch'], row['global_step']) for row in rows] == [(1, 4), (2, 8), (3, 13)]
     assert [sorted(key for key in row if key.startswith('grad_')) for row in rows] == [
         [], [], ['grad_2_norm_layer.bias', 'grad_2_norm_layer.weight', 'grad_2_norm_total']]
+
+
+class Shuffled(Scaled):
+    """Scaled on a shuffled loader with len() (10 batches); the inf only where a scaler
+    skips its step."""
+
+    def on_after_backward(self):
+        if self.trainer.precision.scaler is not None:
+            super().on_after_backward()
+
+    def train_dataloader(self):
+        return make_loader(80, 8, shuffle=True)
+
+
+class SaveAt(Callback):
+    def __init__(self, at, path):
+        self.at, self.path = at, path
+
+    def on_save_point(self, trainer, module):
+        if trainer.state.total_batches == self.at and not trainer._epoch_done:
+            trainer.save_checkpoint(self.path)
+
+
+def final_state(trainer):
+    precision = trainer.precision.state_dict()
+    return (trainer.global_step, trainer.module.state_dict(), trainer.optimizers[0].state_dict(),
+            trainer.lr_schedulers[0].state_dict(), precision)
+
+
+@pytest.mark.parametrize('amp_dtype', ['float16', 'bfloat16'])
+@pytest.mark.parametrize('save_at', [
+    5,   # mid-window: 2 batches summed, one with an inf gradient (scaled, under float16)
+    13,  # epoch 1, first batch of its second window, after the skip lowered the scale
+])
+def test_mid_epoch_resume_under_amp_is_bit_exact(quiet, tmp_path, amp_dtype, save_at):
+    """save_checkpoint at a mid-epoch save point, then a fresh Trainer resumes it: weights,
+    optimizer, scheduler and scaler state as the uninterrupted run's, bit for bit."""
+    args = dict(use_amp=True, amp_dtype=amp_dtype, max_nb_epochs=2, accumulate_grad_batches=3,
+                gradient_clip=0.5)
+    path = tmp_path / 'mid.ckpt'
+    torch.manual_seed(0)
+    whole = Trainer(**quiet(**args, callbacks=[SaveAt(save_at, path)]))
+    whole.fit(Shuffled())
+    torch.manual_seed(1)  # a different init: the checkpoint must bring everything back
+    resumed = Trainer(**quiet(**args, resume_from_checkpoint=str(path)))
+    resumed.fit(Shuffled())
+    expected, got = final_state(whole), final_state(resumed)
+    assert got[0] == expected[0] == 8
+    for name, value in expected[1].items():
+        assert torch.equal(got[1][name], value), name
+    for key, value in expected[2]['state'][0].items():
+        assert torch.equal(got[2]['state'][0][key], value), key
+    assert got[3] == expected[3] and got[4] == expected[4]
+    if amp_dtype == 'float16':
+        assert expected[4]['scaler']['scale'] < 65536.0  # the skipped step is in both
+
+
+class Lbfgs(RootModule):
+    """LBFGS through a classic override that passes the closure on (and warms up the lr);
+    counts every hook the docs' LBFGS table names."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(32, 2)
+        self.counts = dict.fromkeys(['training_step', 'on_after_backward', 'on_batch_start',
+                                     'optimizer_step', 'on_before_zero_grad', 'on_batch_end'], 0)
+
+    def count(self, name):
+        self.counts[name] += 1
+
+    def training_step(self, batch, batch_nb):
+        self.count('training_step')
+        x, y = batch
+        return nn.functional.cross_entropy(self.layer(x), y)
+
+    def on_after_backward(self):
+        self.count('on_after_backward')
+
+    def on_batch_start(self, batch):
+        self.count('on_batch_start')
+
+    def on_before_zero_grad(self, optimizer):
+        self.count('on_before_zero_grad')
+
+    def on_batch_end(self):
+        self.count('on_batch_end')
+
+    def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i,
+                       second_order_closure=None):
+        self.count('optimizer_step')
+        for group in optimizer.param_groups:
+            group['lr'] = 0.5 * min(1.0, (self.trainer.global_step + 1) / 3)
+        optimizer.step(second_order_closure)
+
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=4, history_size=3)
+
+    def train_dataloader(self):
+        return DataLoader(batches(5), batch_size=None)
+
+
+def reference_lbfgs(amp_dtype, clip):
+    torch.manual_seed(0)
+    module = Lbfgs()
+    opt = module.configure_optimizers()
+    context = (torch.autocast('cpu', dtype=torch.bfloat16) if amp_dtype
+               else torch.enable_grad())
+    for step, batch in enumerate(batches(5)):
+        calls = []
+
+        def closure():
+            if calls:
+                opt.zero_grad()
+            calls.append(1)
+            with context:
+                loss = nn.functional.cross_entropy(module.layer(batch[0]), batch[1])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(module.parameters()), clip)
+            return loss
+        for group in opt.param_groups:
+            group['lr'] = 0.5 * min(1.0, (step + 1) / 3)
+        opt.step(closure)
+        opt.zero_grad()
+    return module, opt
+
+
+@pytest.mark.parametrize('amp_dtype', [None, 'bfloat16'])
+def test_lbfgs_with_a_second_order_closure_override_matches_torchs_loop(quiet, amp_dtype):
+    """float32 and bfloat16: LBFGS evaluates the closure several times per batch; the
+    per-evaluation hooks run per evaluation, the per-batch ones once per batch
+    (docs/devices.md), global_step counts batches, and the weights are torch's loop's."""
+    amp = dict(use_amp=True, amp_dtype=amp_dtype) if amp_dtype else {}
+    torch.manual_seed(0)
+    trainer = Trainer(**quiet(**amp, gradient_clip=1.0))
+    model = Lbfgs()
+    trainer.fit(model)
+    module, opt = reference_lbfgs(amp_dtype, 1.0)
+    counts = model.counts
+    assert trainer.global_step == 5
+    assert counts['training_step'] == counts['on_after_backward'] > 5
+    assert all(counts[name] == 5 for name in ['on_batch_start', 'optimizer_step',
+                                               'on_before_zero_grad', 'on_batch_end'])
+    assert_same_state(trainer, module, [opt], {})
+    assert trainer.optimizers[0].state_dict()['state'][0]['func_evals'] == counts['training_step']
+
