@@ -772,7 +772,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         for fn in self._hooks.hooks['on_before_optimizer_step']:
             fn(optimizer, opt_i)
         if self.print_nan_grads:
-            self._print_nan_grads()
+            self._print_nan_grads(opt_i)
         if self.gradient_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.param_groups[opt_i], self.gradient_clip)
 
@@ -901,9 +901,13 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             f"set Trainer(gradient_clip=...), check the data for NaN/inf, or wrap fit in "
             f"torch.autograd.detect_anomaly() to find the operation.")
 
-    def _print_nan_grads(self):
+    def _print_nan_grads(self, opt_i):
+        """The non-finite gradients of optimizer ``opt_i``'s parameters (the ones about to
+        step: another optimizer's may be a scaled, partial window sum)."""
+        own = {id(p) for p in self.param_groups[opt_i]}
         for name, param in self.module.named_parameters():
-            if param.grad is not None and not torch.isfinite(param.grad).all():
+            if (id(param) in own and param.grad is not None
+                    and not torch.isfinite(param.grad).all()):
                 notice(f'non-finite gradient in {name}: {param.grad}')  # clear of the bar
 
 def _with_validation(batches, val_every, nb_val):

@@ -408,3 +408,30 @@ def test_lbfgs_with_a_second_order_closure_override_matches_torchs_loop(quiet, a
     assert_same_state(trainer, module, [opt], {})
     assert trainer.optimizers[0].state_dict()['state'][0]['func_evals'] == counts['training_step']
 
+
+
+class TwoAccumulating(Gan):
+    """Gan's two optimizers, both every batch (no frequencies), so their windows
+    accumulate side by side; optimizer 1's gradient gets an inf in a window's first batch."""
+
+    def on_after_backward(self):
+        state = self.trainer.state
+        if state.total_batches == 2 and self.other.bias.grad is not None:  # optimizer 1's
+            self.other.bias.grad[0] = math.inf
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.layer.parameters(), lr=0.1),
+                torch.optim.SGD(self.other.parameters(), lr=0.1)]
+
+
+def test_print_nan_grads_reports_a_gradient_once_when_its_optimizer_steps(quiet, capsys):
+    """Two optimizers accumulating over windows of 2 under float16: when optimizer 0's window
+    closes, optimizer 1's gradients are a scaled partial sum; print_nan_grads reports the
+    (unscaled) gradients of the optimizer about to step, so the inf is printed once, with
+    optimizer 1's step, whose window the scaler skips."""
+    torch.manual_seed(0)
+    trainer = Trainer(**quiet(**F16, accumulate_grad_batches=2, print_nan_grads=True))
+    trainer.fit(TwoAccumulating())
+    printed = capsys.readouterr().out
+    assert printed.count('non-finite gradient in') == 1
+    assert printed.count('non-finite gradient in other.bias') == 1
