@@ -435,3 +435,43 @@ def test_print_nan_grads_reports_a_gradient_once_when_its_optimizer_steps(quiet,
     printed = capsys.readouterr().out
     assert printed.count('non-finite gradient in') == 1
     assert printed.count('non-finite gradient in other.bias') == 1
+
+
+class NormsAtStep(Callback):
+    """Each parameter's true gradient norm when its optimizer steps (after the trainer's own
+    callbacks, so before clipping as they see it)."""
+
+    def __init__(self):
+        self.norms = {}
+
+    def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
+        own = {id(p) for p in optimizer.param_groups[0]['params']}
+        for name, param in module.named_parameters():
+            if id(param) in own:
+                self.norms[trainer.state.total_batches, name] = float(param.grad.norm())
+
+
+def test_grad_norms_of_two_optimizers_are_each_taken_when_it_steps(tmp_path):
+    """track_grad_norm with two optimizers (a GAN's, both every batch, accumulating under
+    float16): the row has every parameter's norm, each taken from its own optimizer's true
+    window gradients, and the total over all of them."""
+    from test_logger_interface import Recording, kwargs
+    logger, seen = Recording(), NormsAtStep()
+
+    class Quiet(TwoAccumulating):
+        def on_after_backward(self):
+            pass
+
+    torch.manual_seed(0)
+    trainer = Trainer(**kwargs(tmp_path, **F16, logger=logger, add_log_row_interval=4,
+                               track_grad_norm=2, accumulate_grad_batches=2,
+                               callbacks=[seen]))
+    trainer.fit(Quiet())
+    rows = [(call[2], call[1]) for call in logger.calls if call[0] == 'metrics']
+    assert [step for step, _ in rows] == [4, 8]
+    for step, row in rows:
+        names = ['layer.weight', 'layer.bias', 'other.weight', 'other.bias']
+        for name in names:
+            assert row[f'grad_2_norm_{name}'] == round(seen.norms[step - 1, name], 4), name
+        total = math.sqrt(sum(seen.norms[step - 1, name] ** 2 for name in names))
+        assert row['grad_2_norm_total'] == pytest.approx(total, abs=2e-4)

@@ -2,6 +2,8 @@
 
 It talks to the logger only through ``log_hyperparams``, ``log_metrics``, ``save`` and
 ``finalize`` (duck-typed: this file imports no logger)."""
+import math
+
 from ..utilities import numbers_only
 from .base import Callback
 
@@ -36,12 +38,18 @@ class MetricsLogging(Callback):
         self._until_save = self.save_interval
         self._grad_norms = {}
         self._lr_names = {}
+        self._own_names = None  # several optimizers: each one's parameter names
         if grad_norm_type <= 0:
             self.skip_hooks = frozenset({'on_before_optimizer_step', 'on_epoch_end'})
 
     def on_fit_start(self, trainer, module):
         self.logger.log_hyperparams(getattr(module, 'hparams', None))
         self._lr_names = lr_names(trainer.optimizers)
+        self._own_names = None
+        if self.grad_norm_type > 0 and len(trainer.optimizers) > 1:
+            ids = [{id(p) for p in params} for params in trainer.param_groups]
+            self._own_names = [{name for name, p in module.named_parameters() if id(p) in own}
+                               for own in ids]
 
     def _log(self, trainer, row):
         state = trainer.state
@@ -51,7 +59,27 @@ class MetricsLogging(Callback):
 
     def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
         if self._until_row == 1:  # a row is written after this batch: true, whole-window grads
-            self._grad_norms = module.grad_norm(self.grad_norm_type)
+            norms = module.grad_norm(self.grad_norm_type)
+            if self._own_names is not None:
+                norms = self._with_earlier_optimizers(norms, optimizer_i)
+            self._grad_norms = norms
+
+    def _with_earlier_optimizers(self, norms, optimizer_i):
+        """Several optimizers: when optimizer ``optimizer_i`` steps, only its parameters'
+        gradients are its true window sum (an earlier one's were zeroed after its step; a
+        later one's may be a partial, scaled sum). Its norms join those of the batch's
+        earlier optimizers, and the total is recomputed over all of them."""
+        total_key = next(key for key in norms if key.endswith('_norm_total'))
+        prefix = total_key[:-len('total')]
+        merged = {key: value for key, value in self._grad_norms.items() if key != total_key}
+        merged.update((prefix + name, norms[prefix + name])
+                      for name in self._own_names[optimizer_i] if prefix + name in norms)
+        order = float(self.grad_norm_type)
+        values = list(merged.values())
+        total = (max(values, default=0.0) if math.isinf(order)
+                 else sum(value ** order for value in values) ** (1 / order))
+        merged[total_key] = round(total, 4)
+        return merged
 
     def on_epoch_end(self, trainer, module):
         # the step of a window left open at the epoch end came after its batch's row: its
