@@ -4,6 +4,7 @@ window left open at the epoch end, clipping, print_nan_grads, a skipped step, tw
 with frequencies, step- and epoch-wise schedulers), LBFGS, classic ``optimizer_step``
 overrides, and a mid-epoch resume compared with an uninterrupted run."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -90,8 +91,14 @@ def snapshot(scaler, optimizers):
             tuple(g['lr'] for opt in optimizers for g in opt.param_groups))
 
 
-def reference_accumulation(nb_epochs, acc, clip):
-    """Scaled's run as torch's documented GradScaler recipe, written by hand."""
+def warm_up(optimizer, global_step):
+    for group in optimizer.param_groups:
+        group['lr'] = 0.1 * min(1.0, (global_step + 1) / 3)
+
+
+def reference_accumulation(nb_epochs, acc, clip, override=None):
+    """Scaled's run as torch's documented GradScaler recipe, written by hand; ``override``:
+    'warm-up' sets the lr before each step, 'lazy' never steps."""
     torch.manual_seed(0)
     module = Scaled()
     config = module.configure_optimizers()
@@ -102,7 +109,10 @@ def reference_accumulation(nb_epochs, acc, clip):
     def close():
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(list(module.parameters()), clip)
-        scaler.step(opt)
+        if override == 'warm-up':
+            warm_up(opt, steps)
+        if override != 'lazy':
+            scaler.step(opt)
         scaler.update()
         opt.zero_grad()
         sched.step()
@@ -475,3 +485,36 @@ def test_grad_norms_of_two_optimizers_are_each_taken_when_it_steps(tmp_path):
             assert row[f'grad_2_norm_{name}'] == round(seen.norms[step - 1, name], 4), name
         total = math.sqrt(sum(seen.norms[step - 1, name] ** 2 for name in names))
         assert row['grad_2_norm_total'] == pytest.approx(total, abs=2e-4)
+
+
+class WarmUp(Scaled):
+    def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
+        warm_up(optimizer, self.trainer.global_step)
+        optimizer.step()
+
+
+class Lazy(Scaled):
+    def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i):
+        pass
+
+
+@pytest.mark.parametrize('override, model', [('warm-up', WarmUp), ('lazy', Lazy)])
+def test_classic_optimizer_step_override_under_float16_matches_torchs_loop(
+        quiet, override, model):
+    """A classic override (a warm-up of the lr) under float16 with accumulation, an open
+    window, clipping and a skipped step: its optimizer.step() is the scaler's step, so the run
+    is torch's loop's bit for bit. An override that never steps is warned about once; the
+    scaler still unscales and updates once per window, as a hand loop that skips the step."""
+    record = Record()
+    torch.manual_seed(0)
+    trainer = Trainer(**quiet(**F16, max_nb_epochs=2, accumulate_grad_batches=3,
+                              gradient_clip=0.5, callbacks=[record]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        trainer.fit(model())
+    module, opt, scaler, seen, steps = reference_accumulation(2, 3, 0.5, override)
+    assert trainer.global_step == steps == record.unscales == 8
+    assert record.seen == seen
+    assert_same_state(trainer, module, [opt], {'scaler': scaler.state_dict()})
+    no_step = [w for w in caught if 'did not call optimizer.step()' in str(w.message)]
+    assert len(no_step) == (override == 'lazy')
