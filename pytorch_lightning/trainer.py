@@ -695,10 +695,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 with self.device.no_sync():  # DDP: all-reduce once, with the window's last
                     closure()
             if closure.result is None:  # an override given second_order_closure never ran it
-                raise MisconfigurationException(
-                    f"{type(self.module).__name__}.optimizer_step received "
-                    f"second_order_closure but did not call it, so training_step never ran. "
-                    f"Call optimizer.step(second_order_closure) in it.")
+                raise _closure_not_run(self.module)
             loss, step_prog, step_log = closure.result
             prog.update(step_prog)
             log.update(step_log)
@@ -840,14 +837,15 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         if user_step is None:
             self.precision.step(optimizer, closure)
         else:
-            proxy = _PrecisionOptimizer(optimizer, self.precision)
             epoch, batch_idx = self.state.epoch, self.state.batch_idx
             if self._hooks.optimizer_step_takes_closure:
+                proxy = _PrecisionOptimizer(optimizer, self.precision, self.module, closure)
                 user_step(epoch, batch_idx, proxy, opt_i,
                           second_order_closure=closure or _no_closure)
             else:
                 if closure is not None:
                     closure()  # forward and backward before the hook, as the classic trainer
+                proxy = _PrecisionOptimizer(optimizer, self.precision, self.module)
                 user_step(epoch, batch_idx, proxy, opt_i)
             if not proxy.stepped and not self._warned_no_step:
                 self._warned_no_step = True
@@ -953,12 +951,18 @@ class _TrainingClosure:
 class _PrecisionOptimizer:
     """What a module's ``optimizer_step`` override receives: ``step()`` goes through the
     precision part (a float16 loss scaler must never be skipped); every other attribute is the
-    optimizer's own (``param_groups`` for a warm-up, ``state``, ...)."""
+    optimizer's own (``param_groups`` for a warm-up, ``state``, ...). ``pending``: the
+    ``second_order_closure`` the override was given (``None`` when the closure has run)."""
 
-    def __init__(self, optimizer, precision):
-        self.__dict__.update(optimizer=optimizer, precision=precision, stepped=False)
+    def __init__(self, optimizer, precision, module, pending=None):
+        self.__dict__.update(optimizer=optimizer, precision=precision, _module=module,
+                             _pending=pending, stepped=False)
 
     def step(self, closure=None):
+        pending = self.__dict__['_pending']
+        if closure is None and pending is not None and not pending.calls:
+            # no gradients to step with: say so before the scaler or LBFGS trips over it
+            raise _closure_not_run(self.__dict__['_module'])
         self.__dict__['stepped'] = True
         return self.precision.step(self.optimizer, closure)
 
@@ -970,6 +974,13 @@ class _PrecisionOptimizer:
 
     def __repr__(self):
         return repr(self.optimizer)
+
+
+def _closure_not_run(module):
+    return MisconfigurationException(
+        f"{type(module).__name__}.optimizer_step received second_order_closure but did not "
+        f"call it, so training_step never ran. Call optimizer.step(second_order_closure) in "
+        f"it.")
 
 
 def _no_closure():

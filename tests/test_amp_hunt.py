@@ -512,9 +512,26 @@ def test_classic_optimizer_step_override_under_float16_matches_torchs_loop(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         trainer.fit(model())
-    module, opt, scaler, seen, steps = reference_accumulation(2, 3, 0.5, override)
+        module, opt, scaler, seen, steps = reference_accumulation(2, 3, 0.5, override)
     assert trainer.global_step == steps == record.unscales == 8
     assert record.seen == seen
     assert_same_state(trainer, module, [opt], {'scaler': scaler.state_dict()})
     no_step = [w for w in caught if 'did not call optimizer.step()' in str(w.message)]
     assert len(no_step) == (override == 'lazy')
+
+
+@pytest.mark.parametrize('base, amp', [(Scaled, {}), (Scaled, F16), (Lbfgs, {}),
+                                       (Lbfgs, dict(use_amp=True, amp_dtype='bfloat16'))])
+def test_an_override_that_steps_without_its_second_order_closure_is_told_so(quiet, base, amp):
+    """An override taking second_order_closure that calls optimizer.step() without it (and
+    never called it): the step has no gradients to take. In every precision, with SGD or
+    LBFGS, the same error says so (not the GradScaler's assertion, nor LBFGS's TypeError)."""
+    class Forgets(base):
+        def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i,
+                           second_order_closure=None):
+            optimizer.step()
+
+    with pytest.raises(MisconfigurationException,
+                       match=r'Forgets.optimizer_step .*second_order_closure.*'
+                             r'optimizer.step\(second_order_closure\)'):
+        Trainer(**quiet(**amp)).fit(Forgets())
