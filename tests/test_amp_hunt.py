@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pytorch_lightning import MisconfigurationException, RootModule, Trainer
 from pytorch_lightning.callbacks import Callback
 
-from models import TinyModel, make_loader
+from models import make_loader
 
 F16 = dict(use_amp=True, amp_dtype='float16')
 INF_AT = 4  # the training batch (counted over the run) whose gradients get an inf
@@ -338,7 +338,8 @@ class Lbfgs(RootModule):
         super().__init__()
         self.layer = nn.Linear(32, 2)
         self.counts = dict.fromkeys(['training_step', 'on_after_backward', 'on_batch_start',
-                                     'optimizer_step', 'on_before_zero_grad', 'on_batch_end'], 0)
+                                     'optimizer_step', 'on_before_zero_grad', 'on_batch_end',
+                                     'on_before_optimizer_step', 'on_save_point'], 0)
 
     def count(self, name):
         self.counts[name] += 1
@@ -406,13 +407,23 @@ def test_lbfgs_with_a_second_order_closure_override_matches_torchs_loop(quiet, a
     (docs/devices.md), global_step counts batches, and the weights are torch's loop's."""
     amp = dict(use_amp=True, amp_dtype=amp_dtype) if amp_dtype else {}
     torch.manual_seed(0)
-    trainer = Trainer(**quiet(**amp, gradient_clip=1.0))
     model = Lbfgs()
+
+    class Count(Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
+            model.count('on_before_optimizer_step')
+
+        def on_save_point(self, trainer, module):
+            model.count('on_save_point')
+
+    trainer = Trainer(**quiet(**amp, gradient_clip=1.0, callbacks=[Count()]))
     trainer.fit(model)
     module, opt = reference_lbfgs(amp_dtype, 1.0)
     counts = model.counts
     assert trainer.global_step == 5
     assert counts['training_step'] == counts['on_after_backward'] > 5
+    assert counts['on_before_optimizer_step'] == counts['training_step']
+    assert counts['on_save_point'] == 5 + 1  # each batch's, then the epoch's
     assert all(counts[name] == 5 for name in ['on_batch_start', 'optimizer_step',
                                                'on_before_zero_grad', 'on_batch_end'])
     assert_same_state(trainer, module, [opt], {})
@@ -535,3 +546,15 @@ def test_an_override_that_steps_without_its_second_order_closure_is_told_so(quie
                        match=r'Forgets.optimizer_step .*second_order_closure.*'
                              r'optimizer.step\(second_order_closure\)'):
         Trainer(**quiet(**amp)).fit(Forgets())
+
+
+@pytest.mark.parametrize('args, message', [
+    (F16, 'LBFGS.*float16'),
+    (dict(accumulate_grad_batches={1: 2}), r'LBFGS.*accumulate_grad_batches=\{1: 2\}'),
+])
+def test_lbfgs_with_float16_or_accumulation_is_refused_before_the_first_batch(
+        quiet, args, message):
+    model = Lbfgs()
+    with pytest.raises(MisconfigurationException, match=message):
+        Trainer(**quiet(**args)).fit(model)
+    assert model.counts['training_step'] == model.counts['on_batch_start'] == 0
