@@ -66,10 +66,22 @@ class Scaled(RootModule):
 
 
 class Record(Callback):
-    """The scaler's (scale, growth tracker) and the lr after every batch and epoch end."""
+    """The scaler's (scale, growth tracker) and the lr after every batch and epoch end; the
+    gradients on_before_optimizer_step sees; how often the gradient hooks run."""
 
     def __init__(self):
-        self.seen, self.unscales = [], 0
+        self.seen, self.unscales, self.grads = [], 0, []
+        self.backwards = self.zero_grads = 0
+
+    def on_after_backward(self, trainer, module):
+        self.backwards += 1
+
+    def on_before_optimizer_step(self, trainer, module, optimizer, optimizer_i):
+        grad = module.layer.weight.grad
+        self.grads.append(None if grad is None else grad.clone())
+
+    def on_before_zero_grad(self, trainer, module, optimizer):
+        self.zero_grads += 1
 
     def on_fit_start(self, trainer, module):
         scaler = trainer.precision.scaler
@@ -104,10 +116,11 @@ def reference_accumulation(nb_epochs, acc, clip, override=None):
     config = module.configure_optimizers()
     opt, sched = config['optimizer'], config['lr_scheduler']['scheduler']
     scaler = torch.amp.GradScaler('cpu')
-    seen, count, steps = [], 0, 0
+    seen, count, steps, grads = [], 0, 0, []
 
     def close():
         scaler.unscale_(opt)
+        grads.append(module.layer.weight.grad.clone())
         torch.nn.utils.clip_grad_norm_(list(module.parameters()), clip)
         if override == 'warm-up':
             warm_up(opt, steps)
@@ -133,7 +146,7 @@ def reference_accumulation(nb_epochs, acc, clip, override=None):
             close()
             steps += 1
         seen.append(snapshot(scaler, [opt]))
-    return module, opt, scaler, seen, steps
+    return module, opt, scaler, seen, steps, grads
 
 
 def same(a, b):
@@ -166,9 +179,11 @@ def test_float16_accumulation_with_an_open_window_matches_torchs_loop(quiet, cap
     trainer = Trainer(**quiet(**F16, max_nb_epochs=2, accumulate_grad_batches=3,
                               gradient_clip=0.5, print_nan_grads=True, callbacks=[record]))
     trainer.fit(Scaled())
-    module, opt, scaler, seen, steps = reference_accumulation(2, 3, 0.5)
+    module, opt, scaler, seen, steps, grads = reference_accumulation(2, 3, 0.5)
     assert steps == 8 and trainer.global_step == steps
-    assert record.unscales == steps
+    assert record.unscales == record.zero_grads == steps and record.backwards == 20
+    # on_before_optimizer_step: the window's whole sum, unscaled (the inf one included)
+    assert len(record.grads) == steps and all(map(torch.equal, record.grads, grads))
     assert record.seen == seen
     assert seen[INF_AT][0] == seen[INF_AT + 1][0] * 2  # the skip halved the scale
     assert_same_state(trainer, module, [opt], {'scaler': scaler.state_dict()})
@@ -523,7 +538,7 @@ def test_classic_optimizer_step_override_under_float16_matches_torchs_loop(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         trainer.fit(model())
-        module, opt, scaler, seen, steps = reference_accumulation(2, 3, 0.5, override)
+        module, opt, scaler, seen, steps, _ = reference_accumulation(2, 3, 0.5, override)
     assert trainer.global_step == steps == record.unscales == 8
     assert record.seen == seen
     assert_same_state(trainer, module, [opt], {'scaler': scaler.state_dict()})
