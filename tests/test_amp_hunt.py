@@ -573,3 +573,19 @@ def test_lbfgs_with_float16_or_accumulation_is_refused_before_the_first_batch(
     with pytest.raises(MisconfigurationException, match=message):
         Trainer(**quiet(**args)).fit(model)
     assert model.counts['training_step'] == model.counts['on_batch_start'] == 0
+
+
+def test_lbfgs_mid_epoch_resume_under_bfloat16_is_bit_exact(quiet, tmp_path):
+    """LBFGS's state (its history lists, the previous loss) goes through the checkpoint: the
+    resumed run ends where the uninterrupted one does."""
+    args = dict(use_amp=True, amp_dtype='bfloat16', max_nb_epochs=2)
+    path = tmp_path / 'mid.ckpt'
+    torch.manual_seed(0)
+    whole = Trainer(**quiet(**args, callbacks=[SaveAt(7, path)]))
+    whole.fit(Lbfgs())
+    torch.manual_seed(1)
+    resumed = Trainer(**quiet(**args, resume_from_checkpoint=str(path)))
+    resumed.fit(Lbfgs())
+    assert resumed.global_step == whole.global_step == 10
+    assert same(resumed.module.state_dict(), whole.module.state_dict())
+    assert same(resumed.optimizers[0].state_dict(), whole.optimizers[0].state_dict())
