@@ -589,3 +589,65 @@ def test_lbfgs_mid_epoch_resume_under_bfloat16_is_bit_exact(quiet, tmp_path):
     assert resumed.global_step == whole.global_step == 10
     assert same(resumed.module.state_dict(), whole.module.state_dict())
     assert same(resumed.optimizers[0].state_dict(), whole.optimizers[0].state_dict())
+
+
+class TwoOnAStream(TwoAccumulating):
+    """TwoAccumulating on a loader without len(): windows of 3 leave one open."""
+
+    def train_dataloader(self):
+        return DataLoader(Stream(), batch_size=None)
+
+
+def reference_two_accumulating(nb_epochs, acc):
+    torch.manual_seed(0)
+    module = TwoOnAStream()
+    opts = module.configure_optimizers()
+    scaler = torch.amp.GradScaler('cpu')
+    seen, count = [], 0
+
+    def step(opt):
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        opt.zero_grad()
+
+    for _ in range(nb_epochs):
+        position = 0
+        for x, y in batches():
+            closes = position + 1 == acc
+            for opt_i, opt in enumerate(opts):
+                module.layer.requires_grad_(opt_i == 0)
+                with torch.autocast('cpu', dtype=torch.float16):
+                    loss = module.training_step((x, y), count, opt_i)
+                scaler.scale(loss / acc).backward()
+                module.layer.requires_grad_(True)
+                if count == 2 and opt_i == 1:
+                    module.other.bias.grad[0] = math.inf
+                if closes:
+                    step(opt)
+            if closes:
+                scaler.update()
+            position = 0 if closes else position + 1
+            count += 1
+            seen.append(snapshot(scaler, opts))
+        if position:
+            for opt in opts:
+                step(opt)
+            scaler.update()
+        seen.append(snapshot(scaler, opts))
+    return module, opts, scaler, seen
+
+
+def test_float16_two_optimizers_accumulating_with_an_open_window_match_torchs_loop(quiet):
+    """Both optimizers every batch, windows of 3 over 10 batches of unknown count: each
+    optimizer unscales and steps once per window (the open one at the epoch end too), one
+    scaler update per window; an inf in optimizer 1's window skips its step only."""
+    record = Record()
+    torch.manual_seed(0)
+    trainer = Trainer(**quiet(**F16, max_nb_epochs=2, accumulate_grad_batches=3,
+                              callbacks=[record]))
+    trainer.fit(TwoOnAStream())
+    module, opts, scaler, seen = reference_two_accumulating(2, 3)
+    assert trainer.global_step == 8 and record.unscales == record.zero_grads == 16
+    assert trainer.state.optimizer_steps == [8, 8]
+    assert record.seen == seen
+    assert_same_state(trainer, module, opts, {'scaler': scaler.state_dict()})
