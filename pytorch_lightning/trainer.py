@@ -695,7 +695,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 with self.device.no_sync():  # DDP: all-reduce once, with the window's last
                     closure()
             if closure.result is None:  # an override given second_order_closure never ran it
-                raise _closure_not_run(self.module)
+                raise MisconfigurationException(
+                    f"{type(self.module).__name__}.optimizer_step received "
+                    f"second_order_closure but did not call it, so training_step never ran. "
+                    f"Call optimizer.step(second_order_closure) or optimizer.step() in it.")
             loss, step_prog, step_log = closure.result
             prog.update(step_prog)
             log.update(step_log)
@@ -839,13 +842,13 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         else:
             epoch, batch_idx = self.state.epoch, self.state.batch_idx
             if self._hooks.optimizer_step_takes_closure:
-                proxy = _PrecisionOptimizer(optimizer, self.precision, self.module, closure)
+                proxy = _PrecisionOptimizer(optimizer, self.precision, closure)
                 user_step(epoch, batch_idx, proxy, opt_i,
                           second_order_closure=closure or _no_closure)
             else:
                 if closure is not None:
                     closure()  # forward and backward before the hook, as the classic trainer
-                proxy = _PrecisionOptimizer(optimizer, self.precision, self.module)
+                proxy = _PrecisionOptimizer(optimizer, self.precision)
                 user_step(epoch, batch_idx, proxy, opt_i)
             if not proxy.stepped and not self._warned_no_step:
                 self._warned_no_step = True
@@ -952,17 +955,19 @@ class _PrecisionOptimizer:
     """What a module's ``optimizer_step`` override receives: ``step()`` goes through the
     precision part (a float16 loss scaler must never be skipped); every other attribute is the
     optimizer's own (``param_groups`` for a warm-up, ``state``, ...). ``pending``: the
-    ``second_order_closure`` the override was given (``None`` when the closure has run)."""
+    ``second_order_closure`` the override was given (``None`` when the closure has run); a
+    ``step()`` without a closure before it ran runs it, as ``step(second_order_closure)``."""
 
-    def __init__(self, optimizer, precision, module, pending=None):
-        self.__dict__.update(optimizer=optimizer, precision=precision, _module=module,
-                             _pending=pending, stepped=False)
+    def __init__(self, optimizer, precision, pending=None):
+        self.__dict__.update(optimizer=optimizer, precision=precision, _pending=pending,
+                             stepped=False)
 
     def step(self, closure=None):
         pending = self.__dict__['_pending']
         if closure is None and pending is not None and not pending.calls:
-            # no gradients to step with: say so before the scaler or LBFGS trips over it
-            raise _closure_not_run(self.__dict__['_module'])
+            # the 0.5.x form: `optimizer.step()` in an override that takes
+            # second_order_closure (0.5.x ran forward and backward before the hook)
+            closure = pending
         self.__dict__['stepped'] = True
         return self.precision.step(self.optimizer, closure)
 
@@ -974,13 +979,6 @@ class _PrecisionOptimizer:
 
     def __repr__(self):
         return repr(self.optimizer)
-
-
-def _closure_not_run(module):
-    return MisconfigurationException(
-        f"{type(module).__name__}.optimizer_step received second_order_closure but did not "
-        f"call it, so training_step never ran. Call optimizer.step(second_order_closure) in "
-        f"it.")
 
 
 def _no_closure():

@@ -546,21 +546,44 @@ def test_classic_optimizer_step_override_under_float16_matches_torchs_loop(
     assert len(no_step) == (override == 'lazy')
 
 
-@pytest.mark.parametrize('base, amp', [(Scaled, {}), (Scaled, F16), (Lbfgs, {}),
+class Finite(Scaled):
+    """Scaled without the injected inf (which float32 has no scaler to skip)."""
+
+    def on_after_backward(self):
+        pass
+
+
+@pytest.mark.parametrize('base, amp', [(Finite, {}), (Scaled, F16), (Lbfgs, {}),
                                        (Lbfgs, dict(use_amp=True, amp_dtype='bfloat16'))])
-def test_an_override_that_steps_without_its_second_order_closure_is_told_so(quiet, base, amp):
-    """An override taking second_order_closure that calls optimizer.step() without it (and
-    never called it): the step has no gradients to take. In every precision, with SGD or
-    LBFGS, the same error says so (not the GradScaler's assertion, nor LBFGS's TypeError)."""
-    class Forgets(base):
+def test_the_classic_step_without_the_closure_runs_it(quiet, base, amp):
+    """0.5.x's warm-up snippet takes second_order_closure but calls optimizer.step() without
+    it (0.5.x ran forward and backward before the hook). That step runs the closure: the run
+    equals one whose override passes the closure on, bit for bit, in every precision, with
+    SGD or LBFGS (neither the GradScaler's assertion nor LBFGS's TypeError)."""
+    class Passes(base):
+        def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i,
+                           second_order_closure=None):
+            optimizer.step(second_order_closure)
+
+    class Classic(base):
         def optimizer_step(self, epoch_nb, batch_nb, optimizer, optimizer_i,
                            second_order_closure=None):
             optimizer.step()
+            optimizer.zero_grad()
 
-    with pytest.raises(MisconfigurationException,
-                       match=r'Forgets.optimizer_step .*second_order_closure.*'
-                             r'optimizer.step\(second_order_closure\)'):
-        Trainer(**quiet(**amp)).fit(Forgets())
+    runs = []
+    for cls in (Passes, Classic):
+        torch.manual_seed(0)
+        trainer = Trainer(**quiet(**amp))
+        trainer.fit(cls())
+        runs.append(trainer)
+    passes, classic = runs
+    assert classic.global_step == passes.global_step > 0
+    for (name, mine), theirs in zip(classic.module.state_dict().items(),
+                                    passes.module.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    assert same(classic.optimizers[0].state_dict(), passes.optimizers[0].state_dict())
+    assert classic.precision.state_dict() == passes.precision.state_dict()
 
 
 @pytest.mark.parametrize('args, message', [
