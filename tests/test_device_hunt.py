@@ -1,0 +1,151 @@
+"""What researchers really pass to the accelerator code paths that CI runs on the CPU: batch
+types for ``move_to_device``, ``gpus`` values, hand-built DataParallel replica outputs, and the
+lazy NaN check (``cheap_item = False``) with the bar and logging off, accumulation, several
+optimizers, validation inside the epoch and a NaN at the very last batch."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from pytorch_lightning import MisconfigurationException, NonFiniteLossError, Trainer
+from pytorch_lightning import checkpoint_io
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.placement import parse_gpus
+from pytorch_lightning.placement.data_parallel import reduce_replica_outputs
+from pytorch_lightning.utilities.transfer import move_to_device
+
+from models import TinyModel, TrainOnlyModel
+
+META = torch.device('meta')  # a device other than the CPU that needs no accelerator
+
+
+# ------------------------------------------------------------------------------ transfer
+def test_a_packed_sequence_is_moved_with_its_own_to():
+    """An RNN batch: ``PackedSequence`` is a namedtuple whose ``batch_sizes`` must stay on
+    the CPU; its own ``.to()`` knows that, rebuilding it field by field does not."""
+    x = torch.randn(3, 4, 2)
+    packed = pack_padded_sequence(x, torch.tensor([4, 3, 2]), batch_first=True)
+    out = move_to_device({'seq': packed, 'y': torch.ones(3)}, META)
+    assert type(out['seq']) is type(packed) and out['seq'].data.device == META
+    assert out['seq'].batch_sizes.device.type == 'cpu'
+    assert torch.equal(out['seq'].batch_sizes, packed.batch_sizes)
+
+
+@dataclasses.dataclass
+class Sample:
+    x: torch.Tensor
+
+
+def test_non_tensor_values_and_unknown_objects_stay_as_they_are():
+    """Documented: numbers, strings, ``None`` and objects without ``.to`` (a dataclass) stay
+    as they are; tuples inside lists are rebuilt."""
+    sample = Sample(torch.ones(1))
+    batch = {'name': 'a', 'n': 3, 'none': None, 'pairs': [(torch.ones(2), 'id0')],
+             'sample': sample}
+    out = move_to_device(batch, META)
+    assert out['name'] == 'a' and out['n'] == 3 and out['none'] is None
+    assert type(out['pairs'][0]) is tuple and out['pairs'][0][0].device == META
+    assert out['pairs'][0][1] == 'id0' and out['sample'] is sample
+
+
+# ------------------------------------------------------------------------------ gpus
+@pytest.mark.parametrize('gpus, ids', [
+    (np.int64(2), [0, 1]), ([np.int64(1), np.int32(0)], [1, 0]), (np.int64(-1), [0, 1, 2]),
+    (' 2 ', [0, 1]), ('1 ,', [1])])
+def test_gpus_numpy_ints_and_spaces(gpus, ids):
+    assert parse_gpus(gpus, device_count=3) == ids
+
+
+@pytest.mark.parametrize('gpus, why', [
+    (np.bool_(True), 'is not one of the forms'), (False, 'a bool is not one of the forms'),
+    (' ', 'must be one integer'), ('+1', 'must be one integer'), ('-1,0', 'must list'),
+    (np.array([0, 1]), 'is not one of the forms'), ([np.float32(0)], 'is not a device id')])
+def test_gpus_more_bad_values_name_the_argument_and_the_fix(gpus, why):
+    with pytest.raises(MisconfigurationException) as error:
+        parse_gpus(gpus, device_count=3)
+    message = str(error.value)
+    assert message.startswith(f'Trainer(gpus={gpus!r})') and why in message
+    assert 'Pass ' in message
+
+
+def test_bad_gpus_fail_in_the_constructor():
+    with pytest.raises(MisconfigurationException, match=r"Trainer\(gpus='0,0'\)"):
+        Trainer(gpus='0,0')
+
+
+# ------------------------------------------------------------------------------ reduction
+def test_reduction_of_hand_built_replica_outputs():
+    """Uneven slices (5 and 2 samples), a nested dict, Python numbers, a bool, a 0-dim int
+    tensor, per-sample tensors of different lengths and ``None`` everywhere."""
+    outputs = [
+        {'loss': torch.tensor(1.0), 'inner': {'acc': torch.tensor(0.5), 'n': 5, 'f': 1.0},
+         'preds': torch.arange(5.0), 'hit': torch.tensor(4), 'ok': True, 'none': None},
+        {'loss': torch.tensor(8.0), 'inner': {'acc': torch.tensor(1.0), 'n': 2, 'f': 8.0},
+         'preds': torch.arange(5.0, 7.0), 'hit': torch.tensor(2), 'ok': False, 'none': None},
+    ]
+    out = reduce_replica_outputs(outputs, [5, 2])
+    assert out['loss'].item() == pytest.approx((5 * 1.0 + 2 * 8.0) / 7)
+    assert out['inner']['acc'].item() == pytest.approx((5 * 0.5 + 2 * 1.0) / 7)
+    assert out['inner']['n'] == pytest.approx((25 + 4) / 7) and type(out['inner']['n']) is float
+    assert torch.equal(out['preds'], torch.arange(7.0))
+    assert out['hit'].dtype == torch.float32 and out['hit'].item() == pytest.approx(24 / 7)
+    assert out['ok'] is True and out['none'] is None
+    with pytest.raises(ValueError, match=r"\['none'\].*replica 0 returned NoneType"):
+        reduce_replica_outputs([{'none': None}, {'none': torch.tensor(1.0)}], [1, 1])
+
+
+# ------------------------------------------------------------------------------ lazy NaN
+class NaNAtBatch(TinyModel):
+    """TinyModel whose loss is NaN at the training batch ``bad`` of the run (``total_batches``,
+    counted from 0), for optimizer ``bad_opt``."""
+
+    def __init__(self, bad, bad_opt=0, optimizers=1, **kwargs):
+        super().__init__(**kwargs)
+        self.bad, self.bad_opt, self.nb_opt = bad, bad_opt, optimizers
+
+    def training_step(self, data_batch, batch_nb, optimizer_i=0):
+        loss, log = super().training_step(data_batch, batch_nb)
+        if self.trainer.state.total_batches == self.bad and optimizer_i == self.bad_opt:
+            loss = loss * float('nan')
+        return loss, log
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.parameters(), lr=0.01) for _ in range(self.nb_opt)]
+
+
+def lazy_trainer(quiet, **kwargs):
+    trainer = Trainer(**quiet(**kwargs))
+    trainer.device.cheap_item = False
+    return trainer
+
+
+def finite_checkpoint(path):
+    weights = checkpoint_io.load(path)['state_dict'].values()
+    return all(math.isfinite(w.abs().sum().item()) for w in weights)
+
+
+@pytest.mark.parametrize('kwargs, bad, covers', [
+    (dict(max_nb_epochs=1), 7, '5..7'),  # the last batch of the fit
+    (dict(max_nb_epochs=2), 7, '5..7'),  # the last batch of an epoch
+    (dict(max_nb_epochs=1, accumulate_grad_batches=3), 7, '5..7'),  # an open window at the end
+    (dict(max_nb_epochs=1, val_check_interval=4), 3, '0..3'),  # right before validation
+])
+def test_lazy_nan_at_an_epochs_end_is_raised_before_any_checkpoint(quiet, tmp_path, kwargs,
+                                                                   bad, covers):
+    ckpt = ModelCheckpoint(tmp_path / 'c', monitor='val_acc', save_best_only=False)
+    trainer = lazy_trainer(quiet, add_log_row_interval=5, nb_sanity_val_steps=0,
+                           checkpoint_callback=ckpt, **kwargs)
+    with pytest.raises(NonFiniteLossError, match=rf'in training batches {covers} '):
+        trainer.fit(NaNAtBatch(bad))
+    last = tmp_path / 'c' / 'last.ckpt'
+    assert not last.exists() or finite_checkpoint(last)
+
+
+def test_lazy_nan_of_the_second_optimizer_is_caught(quiet):
+    trainer = lazy_trainer(quiet, add_log_row_interval=3, nb_sanity_val_steps=0)
+    with pytest.raises(NonFiniteLossError, match=r'in training batches 3\.\.5 '):
+        trainer.fit(NaNAtBatch(4, bad_opt=1, optimizers=2))
