@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from pytorch_lightning import MisconfigurationException, NonFiniteLossError, Trainer
@@ -18,7 +17,7 @@ from pytorch_lightning.placement import parse_gpus
 from pytorch_lightning.placement.data_parallel import reduce_replica_outputs
 from pytorch_lightning.utilities.transfer import move_to_device
 
-from models import TinyModel, TrainOnlyModel
+from models import TinyModel, make_loader
 
 META = torch.device('meta')  # a device other than the CPU that needs no accelerator
 
@@ -98,6 +97,66 @@ def test_reduction_of_hand_built_replica_outputs():
         reduce_replica_outputs([{'none': None}, {'none': torch.tensor(1.0)}], [1, 1])
 
 
+class FakeTwoGPUs:
+    """The DataParallel device on the CPU (with the ``two_fake_gpus`` fixture): the runner
+    splits each batch in two and reduces the two outputs onto the CPU."""
+
+    @staticmethod
+    def make():
+        from pytorch_lightning.placement import DataParallelDevice
+        from pytorch_lightning.placement.data_parallel import DataParallelRunner
+
+        class Device(DataParallelDevice):
+            transfers_batches, cheap_item = False, True
+
+            def __init__(self):
+                super().__init__([0, 1])
+                self.root = torch.device('cpu')
+
+            def setup(self, module):
+                pass
+
+            def run_step(self, module, name, batch, args, context):
+                if self._runner is None:
+                    self._runner = DataParallelRunner(module, self.gpu_ids)
+                    self._runner.output_device = self.root
+                return super().run_step(module, name, batch, args, context)
+        return Device()
+
+
+def test_validation_end_gets_one_reduced_output_per_batch(quiet, two_fake_gpus):
+    """Batches of 7, 7, 7, 7 and 2 samples: each is split 4 + 3 (the last 1 + 1), and
+    validation_end sees one output per batch, with the batch's rows in order and the
+    accuracy of the whole batch."""
+    seen = {}
+
+    class Model(TinyModel):
+        def validation_step(self, data_batch, batch_nb):
+            x, y = data_batch
+            out = self(x)
+            return {'val_acc': (out.argmax(1) == y).float().mean(), 'preds': out.argmax(1),
+                    'y': y}
+
+        def validation_end(self, outputs):
+            seen['outputs'] = list(outputs)
+            seen['sizes'] = list(outputs.batch_sizes)
+            return {'val_loss': torch.tensor(0.0)}
+
+        @property
+        def val_dataloader(self):
+            return make_loader(30, 7, seed=1)
+
+    trainer = Trainer(**quiet(nb_sanity_val_steps=0))
+    trainer.device = FakeTwoGPUs.make()
+    trainer.fit(Model())
+    assert seen['sizes'] == [7, 7, 7, 7, 2] and len(seen['outputs']) == 5
+    ys = torch.cat([y for _, y in make_loader(30, 7, seed=1)])
+    assert torch.equal(torch.cat([out['y'] for out in seen['outputs']]), ys)
+    for out in seen['outputs']:
+        assert out['val_acc'].item() == pytest.approx(
+            (out['preds'] == out['y']).float().mean().item())
+
+
 # ------------------------------------------------------------------------------ lazy NaN
 class NaNAtBatch(TinyModel):
     """TinyModel whose loss is NaN at the training batch ``bad`` of the run (``total_batches``,
@@ -149,3 +208,27 @@ def test_lazy_nan_of_the_second_optimizer_is_caught(quiet):
     trainer = lazy_trainer(quiet, add_log_row_interval=3, nb_sanity_val_steps=0)
     with pytest.raises(NonFiniteLossError, match=r'in training batches 3\.\.5 '):
         trainer.fit(NaNAtBatch(4, bad_opt=1, optimizers=2))
+
+
+class OneElementLoss(NaNAtBatch):
+    """The second optimizer's loss has shape (1, 1), which the loss contract allows (one
+    element); the first's is 0-dim."""
+
+    def training_step(self, data_batch, batch_nb, optimizer_i=0):
+        loss, log = super().training_step(data_batch, batch_nb, optimizer_i)
+        return (loss.reshape(1, 1) if optimizer_i == 1 else loss), log
+
+
+@pytest.mark.parametrize('bad, raised', [(None, None), (6, r'in training batches 5\.\.7 ')])
+def test_lazy_check_takes_one_element_losses_of_any_shape(quiet, bad, raised):
+    """The eager check reads such a loss with .item(); the lazy one keeps it with the 0-dim
+    losses of the other optimizer and must sum them all."""
+    trainer = lazy_trainer(quiet, add_log_row_interval=5, nb_sanity_val_steps=0)
+    model = OneElementLoss(bad, bad_opt=1, optimizers=2)
+    if raised is None:
+        trainer.fit(model)
+        assert trainer.state.total_batches == 8
+        assert math.isfinite(trainer.running_loss())
+    else:
+        with pytest.raises(NonFiniteLossError, match=raised):
+            trainer.fit(model)
