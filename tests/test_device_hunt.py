@@ -232,3 +232,13 @@ def test_lazy_check_takes_one_element_losses_of_any_shape(quiet, bad, raised):
     else:
         with pytest.raises(NonFiniteLossError, match=raised):
             trainer.fit(model)
+
+
+def test_per_sample_tensors_whose_other_dims_differ_name_the_place():
+    """A decoder that stops when every sequence of its slice has ended returns tokens of a
+    different length on each replica: they cannot be concatenated, and the error must say
+    where and why, like every other difference between replicas."""
+    outputs = [{'loss': torch.tensor(1.0), 'tokens': torch.zeros(4, 7, dtype=torch.long)},
+               {'loss': torch.tensor(2.0), 'tokens': torch.zeros(3, 5, dtype=torch.long)}]
+    with pytest.raises(ValueError, match=r"at the output\['tokens'\]: .*\(4, 7\).*\(3, 5\)"):
+        reduce_replica_outputs(outputs, [4, 3])
