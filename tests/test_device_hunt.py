@@ -2,6 +2,7 @@
 types for ``move_to_device``, ``gpus`` values, hand-built DataParallel replica outputs, and the
 lazy NaN check (``cheap_item = False``) with the bar and logging off, accumulation, several
 optimizers, validation inside the epoch and a NaN at the very last batch."""
+import collections
 import dataclasses
 import math
 
@@ -242,3 +243,11 @@ def test_per_sample_tensors_whose_other_dims_differ_name_the_place():
                {'loss': torch.tensor(2.0), 'tokens': torch.zeros(3, 5, dtype=torch.long)}]
     with pytest.raises(ValueError, match=r"at the output\['tokens'\]: .*\(4, 7\).*\(3, 5\)"):
         reduce_replica_outputs(outputs, [4, 3])
+
+
+def test_a_mapping_that_reads_pairs_otherwise_keeps_its_content():
+    """``Counter(pairs)`` counts the pairs instead of taking them as items: the batch's counts
+    must come out as they went in."""
+    counts = collections.Counter(a=2, b=1)
+    out = move_to_device({'counts': counts, 'x': torch.ones(1)}, META)
+    assert dict(out['counts']) == {'a': 2, 'b': 1} and out['x'].device == META

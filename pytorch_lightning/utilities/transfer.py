@@ -54,13 +54,15 @@ def rebuild_sequence(template, items):
 def rebuild_mapping(template, pairs):
     """A mapping like ``template`` holding ``pairs``: its own type when that type can be built
     from pairs (``dict``, ``OrderedDict``, most subclasses), a ``defaultdict`` with the same
-    factory, else a plain ``dict``."""
+    factory, else a plain ``dict`` (also when the type reads pairs otherwise: a ``Counter``
+    counts them)."""
     if isinstance(template, defaultdict):
         return defaultdict(template.default_factory, pairs)
     try:
-        return type(template)(pairs)
+        rebuilt = type(template)(pairs)
     except TypeError:  # e.g. a read-only mapping view, or a constructor with other arguments
         return dict(pairs)
+    return rebuilt if list(rebuilt) == [key for key, _ in pairs] else dict(pairs)
 
 
 def _takes_non_blocking(method):
