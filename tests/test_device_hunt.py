@@ -5,6 +5,7 @@ optimizers, validation inside the epoch and a NaN at the very last batch."""
 import collections
 import dataclasses
 import math
+import types
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from pytorch_lightning import MisconfigurationException, NonFiniteLossError, Tra
 from pytorch_lightning import checkpoint_io
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.placement import parse_gpus
-from pytorch_lightning.placement.data_parallel import reduce_replica_outputs
+from pytorch_lightning.placement.data_parallel import _slice_size, reduce_replica_outputs
+from pytorch_lightning.utilities import batch_size_of
 from pytorch_lightning.utilities.transfer import move_to_device
 
 from models import TinyModel, make_loader
@@ -251,3 +253,12 @@ def test_a_mapping_that_reads_pairs_otherwise_keeps_its_content():
     counts = collections.Counter(a=2, b=1)
     out = move_to_device({'counts': counts, 'x': torch.ones(1)}, META)
     assert dict(out['counts']) == {'a': 2, 'b': 1} and out['x'].device == META
+
+
+@pytest.mark.parametrize('make', [collections.UserDict, types.MappingProxyType])
+def test_a_mapping_batch_that_is_not_a_dict_has_its_tensors_batch_size(make):
+    """A tokenizer's output (a ``UserDict``) holds tensors: ``validation_end``'s
+    ``batch_sizes`` must count its samples, not 1 (which weighs a short last batch like a
+    full one); the DataParallel slice sizes already walk any mapping."""
+    batch = make({'ids': torch.zeros(5, 3, dtype=torch.long), 'mask': torch.ones(5, 3)})
+    assert batch_size_of(batch) == 5 == _slice_size(batch)

@@ -2,6 +2,7 @@
 import inspect
 import numbers
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -115,11 +116,11 @@ class NumbersRead:
 
 def batch_size_of(batch):
     """The number of samples in ``batch``: the length of dim 0 of the first tensor found in it
-    (searching tuples, lists and dict values in order); ``None`` when it holds no tensor with
-    a dim 0."""
+    (searching tuples, lists and the values of dicts and other mappings in order); ``None``
+    when it holds no tensor with a dim 0."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else None
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a UserDict (a tokenizer's output) too
         batch = batch.values()
     elif not isinstance(batch, (tuple, list)):
         return None
