@@ -262,3 +262,17 @@ def test_a_mapping_batch_that_is_not_a_dict_has_its_tensors_batch_size(make):
     full one); the DataParallel slice sizes already walk any mapping."""
     batch = make({'ids': torch.zeros(5, 3, dtype=torch.long), 'mask': torch.ones(5, 3)})
     assert batch_size_of(batch) == 5 == _slice_size(batch)
+
+
+def test_a_transfer_hook_that_returns_nothing_is_a_clear_error(quiet):
+    """An override that moves the batch's tensors in place and forgets ``return batch``:
+    the steps would get ``None``; the error names the hook and the fix instead."""
+    class InPlace(TinyModel):
+        def transfer_batch_to_device(self, batch, device):
+            batch[0] = batch[0].to(device)
+
+    trainer = Trainer(**quiet(nb_sanity_val_steps=0))
+    trainer.device.transfers_batches = True
+    with pytest.raises(MisconfigurationException,
+                       match=r'InPlace\.transfer_batch_to_device returned None.*Return the batch'):
+        trainer.fit(InPlace())
