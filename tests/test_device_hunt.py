@@ -17,7 +17,7 @@ from pytorch_lightning import checkpoint_io
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.placement import parse_gpus
 from pytorch_lightning.placement.data_parallel import _slice_size, reduce_replica_outputs
-from pytorch_lightning.utilities import batch_size_of
+from pytorch_lightning.utilities import NumbersRead, batch_size_of, numbers_only
 from pytorch_lightning.utilities.transfer import move_to_device
 
 from models import TinyModel, make_loader
@@ -276,3 +276,15 @@ def test_a_transfer_hook_that_returns_nothing_is_a_clear_error(quiet):
     with pytest.raises(MisconfigurationException,
                        match=r'InPlace\.transfer_batch_to_device returned None.*Return the batch'):
         trainer.fit(InPlace())
+
+
+def test_numbers_read_keeps_large_integers_exact():
+    """Integer tensors are read as ints, exactly, also beyond 2**53 (a float64 would round
+    them), in the same transfer as the floats."""
+    big = 2 ** 53 + 1
+    metrics = {'tokens': torch.tensor(big), 'neg': torch.tensor(-big), 'loss': torch.tensor(0.1),
+               'small': torch.tensor(7, dtype=torch.int32)}
+    numbers = NumbersRead(metrics).numbers()
+    assert numbers == {'tokens': big, 'neg': -big, 'loss': pytest.approx(0.1), 'small': 7}
+    assert type(numbers['tokens']) is int and type(numbers['loss']) is float
+    assert numbers_only(metrics) == numbers
