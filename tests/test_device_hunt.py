@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import NumbersRead, batch_size_of, numbers_only
 from pytorch_lightning.utilities.transfer import move_to_device
 
 from models import TinyModel, make_loader
+from test_devices_loop import FakeTwoGPUs
 
 META = torch.device('meta')  # a device other than the CPU that needs no accelerator
 
@@ -100,33 +101,6 @@ def test_reduction_of_hand_built_replica_outputs():
         reduce_replica_outputs([{'none': None}, {'none': torch.tensor(1.0)}], [1, 1])
 
 
-class FakeTwoGPUs:
-    """The DataParallel device on the CPU (with the ``two_fake_gpus`` fixture): the runner
-    splits each batch in two and reduces the two outputs onto the CPU."""
-
-    @staticmethod
-    def make():
-        from pytorch_lightning.placement import DataParallelDevice
-        from pytorch_lightning.placement.data_parallel import DataParallelRunner
-
-        class Device(DataParallelDevice):
-            transfers_batches, cheap_item = False, True
-
-            def __init__(self):
-                super().__init__([0, 1])
-                self.root = torch.device('cpu')
-
-            def setup(self, module):
-                pass
-
-            def run_step(self, module, name, batch, args, context):
-                if self._runner is None:
-                    self._runner = DataParallelRunner(module, self.gpu_ids)
-                    self._runner.output_device = self.root
-                return super().run_step(module, name, batch, args, context)
-        return Device()
-
-
 def test_validation_end_gets_one_reduced_output_per_batch(quiet, two_fake_gpus):
     """Batches of 7, 7, 7, 7 and 2 samples: each is split 4 + 3 (the last 1 + 1), and
     validation_end sees one output per batch, with the batch's rows in order and the
@@ -150,7 +124,7 @@ def test_validation_end_gets_one_reduced_output_per_batch(quiet, two_fake_gpus):
             return make_loader(30, 7, seed=1)
 
     trainer = Trainer(**quiet(nb_sanity_val_steps=0))
-    trainer.device = FakeTwoGPUs.make()
+    trainer.device = FakeTwoGPUs()
     trainer.fit(Model())
     assert seen['sizes'] == [7, 7, 7, 7, 2] and len(seen['outputs']) == 5
     ys = torch.cat([y for _, y in make_loader(30, 7, seed=1)])
