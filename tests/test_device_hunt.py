@@ -66,7 +66,10 @@ def test_gpus_numpy_ints_and_spaces(gpus, ids):
 @pytest.mark.parametrize('gpus, why', [
     (np.bool_(True), 'is not one of the forms'), (False, 'a bool is not one of the forms'),
     (' ', 'must be one integer'), ('+1', 'must be one integer'), ('-1,0', 'must list'),
-    (np.array([0, 1]), 'is not one of the forms'), ([np.float32(0)], 'is not a device id')])
+    (np.array([0, 1]), 'is not one of the forms'), ([np.float32(0)], 'is not a device id'),
+    # an empty id (a launch script's "$A,$B,$C" with B unset) is not silently skipped
+    ('0,,1', 'must list device ids'), (',1', 'must list device ids'),
+    ('0,1,,', 'must list device ids')])
 def test_gpus_more_bad_values_name_the_argument_and_the_fix(gpus, why):
     with pytest.raises(MisconfigurationException) as error:
         parse_gpus(gpus, device_count=3)

@@ -84,10 +84,13 @@ def _checked_ids(ids, gpus):
 
 def _ids_from_string(text):
     parts = [part.strip() for part in text.split(',')]
-    if len(parts) > 1:  # a list of ids; a trailing comma ("3,") leaves an empty part
-        parts = [part for part in parts if part]
-        if not parts or not all(re.fullmatch('[0-9]+', part) for part in parts):
-            _bad(text, 'a string with commas must list device ids (integers >= 0)')
+    if len(parts) > 1:  # a list of ids
+        if parts[-1] == '':  # one trailing comma ("3,") makes a list of one id
+            parts = parts[:-1]
+        # any other empty part is an error: "0,,1" may be a script's "$A,$B,$C" with B unset
+        if not all(re.fullmatch('[0-9]+', part) for part in parts):
+            _bad(text, 'a string with commas must list device ids (integers >= 0, no empty '
+                       'ones)')
         return _checked_ids([int(part) for part in parts], text)
     if not re.fullmatch('-?[0-9]+', parts[0]):
         _bad(text, 'a string without commas must be one integer (a count)')
