@@ -78,6 +78,17 @@ def test_gpus_more_bad_values_name_the_argument_and_the_fix(gpus, why):
     assert 'Pass ' in message
 
 
+@pytest.mark.parametrize('gpus', [10 ** 12, 2 ** 70, '12345678901'])
+def test_a_huge_gpu_count_is_refused_without_listing_it(gpus):
+    """A job id passed as ``gpus`` by mistake: the error comes at once (no list of a trillion
+    ids is built), short, and names the GPUs there are."""
+    with pytest.raises(MisconfigurationException) as error:
+        parse_gpus(gpus, device_count=2)
+    message = str(error.value)
+    assert message.startswith(f'Trainer(gpus={gpus!r}) needs GPU 2, 3, ')
+    assert 'ids 0, 1' in message and len(message) < 600
+
+
 def test_bad_gpus_fail_in_the_constructor():
     with pytest.raises(MisconfigurationException, match=r"Trainer\(gpus='0,0'\)"):
         Trainer(gpus='0,0')

@@ -43,14 +43,14 @@ def parse_gpus(gpus, device_count=None):
             f'Pass gpus=None to train on the CPU.')
     if ids == 'all':
         return list(range(count))
-    missing = [i for i in ids if i >= count]
+    missing = ids[count:] if isinstance(ids, range) else [i for i in ids if i >= count]
     if missing:
         raise MisconfigurationException(
             f'Trainer(gpus={gpus!r}) needs GPU {_join(missing)}, which this process does not '
             f'have: it sees {count} GPU{"s" if count > 1 else ""} (ids {_join(range(count))}). '
             f'Pass ids from that list, a count of at most {count}, or gpus=-1 for all of them '
             f'(CUDA_VISIBLE_DEVICES renumbers the GPUs it leaves visible from 0).')
-    return ids
+    return list(ids)
 
 
 def root_gpu(ids):
@@ -102,7 +102,7 @@ def _ids_from_count(count, gpus):
         return 'all'
     if count < 0:
         _bad(gpus, 'a count must be >= 0, or -1 for all GPUs')
-    return list(range(count)) or None
+    return range(count) or None  # a range: a huge count (a job id by mistake) is never listed
 
 
 def _bad(gpus, why):
@@ -118,4 +118,7 @@ def _count():
 
 
 def _join(ids):
-    return ', '.join(str(i) for i in ids)
+    """A list or range of ids, ', '-separated; beyond 9, the first 8, '...' and the last."""
+    if not ids[9:]:
+        return ', '.join(str(i) for i in ids)
+    return ', '.join([str(i) for i in ids[:8]] + ['...', str(ids[-1])])
