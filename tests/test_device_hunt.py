@@ -178,21 +178,29 @@ def finite_checkpoint(path):
     return all(math.isfinite(w.abs().sum().item()) for w in weights)
 
 
-@pytest.mark.parametrize('kwargs, bad, covers', [
-    (dict(max_nb_epochs=1), 7, '5..7'),  # the last batch of the fit
-    (dict(max_nb_epochs=2), 7, '5..7'),  # the last batch of an epoch
-    (dict(max_nb_epochs=1, accumulate_grad_batches=3), 7, '5..7'),  # an open window at the end
-    (dict(max_nb_epochs=1, val_check_interval=4), 3, '0..3'),  # right before validation
+@pytest.mark.parametrize('kwargs, bad, covers, saved', [
+    (dict(max_nb_epochs=1), 7, '5..7', None),  # the last batch of the fit
+    (dict(max_nb_epochs=2), 15, '13..15', 8),  # the last batch of the fit, after an epoch
+    (dict(max_nb_epochs=2), 7, '5..7', None),  # the last batch of the first epoch
+    (dict(max_nb_epochs=1, accumulate_grad_batches=3), 7, '5..7', None),  # a window left open
+    (dict(max_nb_epochs=1, val_check_interval=4), 3, '0..3', None),  # right before validation
 ])
 def test_lazy_nan_at_an_epochs_end_is_raised_before_any_checkpoint(quiet, tmp_path, kwargs,
-                                                                   bad, covers):
+                                                                   bad, covers, saved):
+    """8 batches an epoch; the flag is read at each epoch's end and 5 batches after the last
+    read (after 5, 8, 13 and 16 batches): last.ckpt is the one of the last epoch without a
+    NaN (``saved`` batches in), or was never written."""
     ckpt = ModelCheckpoint(tmp_path / 'c', monitor='val_acc', save_best_only=False)
     trainer = lazy_trainer(quiet, add_log_row_interval=5, nb_sanity_val_steps=0,
                            checkpoint_callback=ckpt, **kwargs)
     with pytest.raises(NonFiniteLossError, match=rf'in training batches {covers} '):
         trainer.fit(NaNAtBatch(bad))
     last = tmp_path / 'c' / 'last.ckpt'
-    assert not last.exists() or finite_checkpoint(last)
+    if saved is None:
+        assert not last.exists()
+    else:
+        assert checkpoint_io.load(last)['lightning']['trainer_state']['total_batches'] == saved
+        assert finite_checkpoint(last)
 
 
 def test_lazy_nan_of_the_second_optimizer_is_caught(quiet):
