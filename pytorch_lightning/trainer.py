@@ -790,7 +790,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 self._raise_nonfinite(value, where, stepped=False)
             self._recent_losses.append(value)
             return
-        loss = loss.detach()
+        loss = loss.detach().reshape(())  # a loss of shape (1,) sums with 0-dim ones (a view)
         pending = self._unchecked_losses
         pending.append(loss)
         if len(pending) >= _FOLD_LOSSES:  # a long cadence keeps few tensors: fold them

@@ -12,7 +12,8 @@ from torch import nn
 from pytorch_lightning import MisconfigurationException, NonFiniteLossError, Trainer
 from pytorch_lightning import checkpoint_io
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
-from pytorch_lightning.placement import FullPrecision, MixedPrecision
+from pytorch_lightning.placement import DataParallelDevice, FullPrecision, MixedPrecision
+from pytorch_lightning.placement.data_parallel import DataParallelRunner
 
 from models import TinyModel, TrainOnlyModel
 from host_syncs import ReadsPerBatch
@@ -448,30 +449,30 @@ def test_cheap_item_devices_redraw_with_the_current_numbers(quiet):
 
 
 # ------------------------------------------------------------------------------ DataParallel
+class FakeTwoGPUs(DataParallelDevice):
+    """The DataParallel device on the CPU, with the ``two_fake_gpus`` fixture: the runner
+    halves each batch and reduces the two outputs onto the CPU."""
+    transfers_batches, cheap_item = False, True
+
+    def __init__(self):
+        super().__init__([0, 1])
+        self.root = torch.device('cpu')
+
+    def setup(self, module):
+        pass
+
+    def run_step(self, module, name, batch, args, context):
+        if self._runner is None:
+            self._runner = DataParallelRunner(module, self.gpu_ids)
+            self._runner.output_device = self.root  # the fake replicas' outputs live here
+        return super().run_step(module, name, batch, args, context)
+
+
 def test_trainer_through_the_data_parallel_device_on_fake_gpus(quiet, two_fake_gpus):
     """The Trainer's DataParallel path on the CPU: two fake GPUs (scatter halves the batch,
     every replica is the module itself). Training, validation and test steps all go through
     the runner; the weighted reduction gives one device's gradient on the whole batch, so the
     weights match a plain CPU fit."""
-    from pytorch_lightning.placement import DataParallelDevice
-    from pytorch_lightning.placement.data_parallel import DataParallelRunner
-
-    class FakeTwoGPUs(DataParallelDevice):
-        transfers_batches, cheap_item = False, True
-
-        def __init__(self):
-            super().__init__([0, 1])
-            self.root = torch.device('cpu')
-
-        def setup(self, module):
-            pass
-
-        def run_step(self, module, name, batch, args, context):
-            if self._runner is None:
-                self._runner = DataParallelRunner(module, self.gpu_ids)
-                self._runner.output_device = self.root  # the fake replicas' outputs live here
-            return super().run_step(module, name, batch, args, context)
-
     torch.manual_seed(0)
     plain = TinyModel()
     Trainer(**quiet(max_nb_epochs=2)).fit(plain)

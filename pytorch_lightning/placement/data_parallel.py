@@ -6,7 +6,8 @@ The reduction rule (``reduce_replica_outputs``), value by value:
 - a 0-dim tensor (the loss, a metric): the mean over replicas weighted by each replica's slice
   size, so a loss that is a mean over its slice becomes the mean over the whole batch and its
   gradient equals that of one device running the whole batch;
-- a tensor with dimensions: the replicas' tensors concatenated along dim 0;
+- a tensor with dimensions: the replicas' tensors concatenated along dim 0 (only dim 0 may
+  differ between them);
 - a Python int or float (not a bool): the weighted mean, as a float;
 - a dict, list or tuple: reduced key by key / item by item with these rules, keeping its type;
 - anything else (a string, ``None``, a bool): replica 0's value.
@@ -44,6 +45,11 @@ def _reduce(values, weights, device, where):
         device = first.device if device is None else device
         if first.dim() == 0:
             return _weighted_mean(values, weights, device)
+        if len({value.shape[1:] for value in values}) > 1:
+            raise ValueError(f'replica outputs differ at {where}: tensors of shapes '
+                             f'{[tuple(value.shape) for value in values]} cannot be '
+                             f'concatenated along dim 0; only dim 0 (the samples) may differ '
+                             f'between replicas (pad the other dims to a fixed length)')
         return torch.cat([value.to(device) for value in values])
     if isinstance(first, Mapping):
         keys = list(first)

@@ -5,6 +5,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ..exceptions import MisconfigurationException
 from .data_parallel import DataParallelRunner
 
 
@@ -39,8 +40,15 @@ class CPUDevice:
         return nullcontext()
 
     def to_device(self, module, batch):
-        """``batch`` on the device: the module's ``transfer_batch_to_device`` hook decides."""
-        return module.transfer_batch_to_device(batch, self.root)
+        """``batch`` on the device: the module's ``transfer_batch_to_device`` hook decides.
+        Raises ``MisconfigurationException`` when the hook returns ``None`` for a batch."""
+        moved = module.transfer_batch_to_device(batch, self.root)
+        if moved is None and batch is not None:  # an override that moved in place
+            raise MisconfigurationException(
+                f"{type(module).__name__}.transfer_batch_to_device returned None for a batch "
+                f"of type {type(batch).__name__}. Return the batch on the device "
+                f"(return batch, or the moved copy).")
+        return moved
 
     def run_step(self, module, name, batch, args, context):
         """``module.<name>(batch, *args)`` inside ``context()`` (the precision's autocast)."""

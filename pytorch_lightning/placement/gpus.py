@@ -43,14 +43,14 @@ def parse_gpus(gpus, device_count=None):
             f'Pass gpus=None to train on the CPU.')
     if ids == 'all':
         return list(range(count))
-    missing = [i for i in ids if i >= count]
+    missing = ids[count:] if isinstance(ids, range) else [i for i in ids if i >= count]
     if missing:
         raise MisconfigurationException(
             f'Trainer(gpus={gpus!r}) needs GPU {_join(missing)}, which this process does not '
             f'have: it sees {count} GPU{"s" if count > 1 else ""} (ids {_join(range(count))}). '
             f'Pass ids from that list, a count of at most {count}, or gpus=-1 for all of them '
             f'(CUDA_VISIBLE_DEVICES renumbers the GPUs it leaves visible from 0).')
-    return ids
+    return list(ids)
 
 
 def root_gpu(ids):
@@ -84,10 +84,13 @@ def _checked_ids(ids, gpus):
 
 def _ids_from_string(text):
     parts = [part.strip() for part in text.split(',')]
-    if len(parts) > 1:  # a list of ids; a trailing comma ("3,") leaves an empty part
-        parts = [part for part in parts if part]
-        if not parts or not all(re.fullmatch('[0-9]+', part) for part in parts):
-            _bad(text, 'a string with commas must list device ids (integers >= 0)')
+    if len(parts) > 1:  # a list of ids
+        if parts[-1] == '':  # one trailing comma ("3,") makes a list of one id
+            parts = parts[:-1]
+        # any other empty part is an error: "0,,1" may be a script's "$A,$B,$C" with B unset
+        if not all(re.fullmatch('[0-9]+', part) for part in parts):
+            _bad(text, 'a string with commas must list device ids (integers >= 0, no empty '
+                       'ones)')
         return _checked_ids([int(part) for part in parts], text)
     if not re.fullmatch('-?[0-9]+', parts[0]):
         _bad(text, 'a string without commas must be one integer (a count)')
@@ -99,7 +102,7 @@ def _ids_from_count(count, gpus):
         return 'all'
     if count < 0:
         _bad(gpus, 'a count must be >= 0, or -1 for all GPUs')
-    return list(range(count)) or None
+    return range(count) or None  # a range: a huge count (a job id by mistake) is never listed
 
 
 def _bad(gpus, why):
@@ -115,4 +118,7 @@ def _count():
 
 
 def _join(ids):
-    return ', '.join(str(i) for i in ids)
+    """A list or range of ids, ', '-separated; beyond 9, the first 8, '...' and the last."""
+    if not ids[9:]:
+        return ', '.join(str(i) for i in ids)
+    return ', '.join([str(i) for i in ids[:8]] + ['...', str(ids[-1])])

@@ -2,6 +2,8 @@
 import inspect
 import numbers
 import os
+import struct
+from collections.abc import Mapping
 
 import torch
 
@@ -72,7 +74,8 @@ class NumbersRead:
     to the host start when this is created (one per device, into pinned memory, followed by a
     CUDA event), ``ready()`` says whether they have arrived (no sync), ``numbers()`` returns
     the dict (waiting for the copies if they have not arrived: a host sync then). The values
-    are those ``metrics`` held at creation. ``wait=True`` reads at once, as ``numbers_only``.
+    are those ``metrics`` held at creation; integer tensors come back as exact ints.
+    ``wait=True`` reads at once, as ``numbers_only``.
     Off CUDA the values are read when ``numbers()`` is called."""
 
     def __init__(self, metrics, wait=False):
@@ -88,7 +91,7 @@ class NumbersRead:
                 self._out[key] = value
         self._copies = []  # (pairs, values, event)
         for device, pairs in by_device.items():
-            values = torch.stack([v.detach().reshape(()).double() for _, v in pairs])
+            values = torch.stack([_as_int64_bits(v) for _, v in pairs])
             event = None
             if device.type == 'cuda' and not wait:
                 host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
@@ -108,18 +111,30 @@ class NumbersRead:
         for pairs, values, event in self._copies:
             if event is not None:
                 event.synchronize()
-            for (key, tensor), value in zip(pairs, values.tolist()):
-                out[key] = value if tensor.is_floating_point() else int(value)
+            for (key, tensor), bits in zip(pairs, values.tolist()):  # floats decoded here
+                out[key] = _float_from_bits(bits) if tensor.is_floating_point() else bits
         return {key: value for key, value in out.items() if value is not None}
+
+
+def _as_int64_bits(value):
+    """A one-element tensor as a 0-dim int64, so the values of one device stack into one
+    copy: an integer as it is, a float as the 64 bits of its float64 (converting an int64
+    beyond 2**53 to a float64 would round it)."""
+    value = value.detach().reshape(())
+    return value.double().view(torch.int64) if value.is_floating_point() else value.long()
+
+
+def _float_from_bits(bits):
+    return struct.unpack('=d', struct.pack('=q', bits))[0]
 
 
 def batch_size_of(batch):
     """The number of samples in ``batch``: the length of dim 0 of the first tensor found in it
-    (searching tuples, lists and dict values in order); ``None`` when it holds no tensor with
-    a dim 0."""
+    (searching tuples, lists and the values of dicts and other mappings in order); ``None``
+    when it holds no tensor with a dim 0."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else None
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a UserDict (a tokenizer's output) too
         batch = batch.values()
     elif not isinstance(batch, (tuple, list)):
         return None

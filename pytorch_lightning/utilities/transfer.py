@@ -9,13 +9,14 @@ import torch
 def move_to_device(batch, device, non_blocking=False):
     """Return ``batch`` with every tensor in it on ``device``.
 
-    Walks lists, tuples, namedtuples (rebuilt as the same namedtuple type) and mappings
-    (rebuilt as the same type when it can be built from ``(key, value)`` pairs, so an
-    ``OrderedDict`` stays one; a ``defaultdict`` keeps its factory; other mappings become a
-    ``dict``). Any other object with a ``.to()`` method is moved with ``obj.to(device)``,
-    plus ``non_blocking`` when its ``.to`` accepts that keyword; a ``.to()`` that moves in
-    place and returns ``None`` leaves the object itself in the result. Everything else
-    (numbers, strings, ``None``) is returned as it is.
+    An object with a ``.to()`` method, even a tuple or a mapping (a ``PackedSequence``), is
+    moved with ``obj.to(device)``, plus ``non_blocking`` when its ``.to`` accepts that
+    keyword; a ``.to()`` that moves in place and returns ``None`` leaves the object itself in
+    the result. Otherwise walks lists, tuples, namedtuples (rebuilt as the same namedtuple
+    type) and mappings (rebuilt as the same type when it can be built from ``(key, value)``
+    pairs, so an ``OrderedDict`` stays one; a ``defaultdict`` keeps its factory; other
+    mappings become a ``dict``). Everything else (numbers, strings, ``None``) is returned as
+    it is.
 
     ``non_blocking=True`` applies to copies to CUDA only. A blocking copy from host memory
     waits until the GPU has finished the work queued before it (a host sync per tensor); a
@@ -30,14 +31,16 @@ def move_to_device(batch, device, non_blocking=False):
 def _move(obj, device, non_blocking):
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, (list, tuple)):
-        return rebuild_sequence(obj, [_move(item, device, non_blocking) for item in obj])
-    if isinstance(obj, Mapping):
-        return rebuild_mapping(obj, [(k, _move(v, device, non_blocking)) for k, v in obj.items()])
+    # before the containers: a tuple or mapping with its own .to() knows what must not move
+    # (a PackedSequence keeps its batch_sizes on the CPU)
     to = getattr(obj, 'to', None)
     if callable(to):
         moved = to(device, non_blocking=non_blocking) if _takes_non_blocking(to) else to(device)
         return obj if moved is None else moved
+    if isinstance(obj, (list, tuple)):
+        return rebuild_sequence(obj, [_move(item, device, non_blocking) for item in obj])
+    if isinstance(obj, Mapping):
+        return rebuild_mapping(obj, [(k, _move(v, device, non_blocking)) for k, v in obj.items()])
     return obj
 
 
@@ -51,13 +54,15 @@ def rebuild_sequence(template, items):
 def rebuild_mapping(template, pairs):
     """A mapping like ``template`` holding ``pairs``: its own type when that type can be built
     from pairs (``dict``, ``OrderedDict``, most subclasses), a ``defaultdict`` with the same
-    factory, else a plain ``dict``."""
+    factory, else a plain ``dict`` (also when the type reads pairs otherwise: a ``Counter``
+    counts them)."""
     if isinstance(template, defaultdict):
         return defaultdict(template.default_factory, pairs)
     try:
-        return type(template)(pairs)
+        rebuilt = type(template)(pairs)
     except TypeError:  # e.g. a read-only mapping view, or a constructor with other arguments
         return dict(pairs)
+    return rebuilt if list(rebuilt) == [key for key, _ in pairs] else dict(pairs)
 
 
 def _takes_non_blocking(method):
