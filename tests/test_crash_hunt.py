@@ -15,7 +15,7 @@ import torch
 
 from models import TinyModel
 from pytorch_lightning import Trainer, checkpoint_io
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.exceptions import CheckpointError
 from pytorch_lightning.loggers.test_tube import read_metrics_csv, read_run_status
 
@@ -116,3 +116,29 @@ def test_last_checkpoint_failing_after_the_last_batch_is_not_a_finished_run(tmp_
         Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
     assert saved_batches(tmp_path / 'ckpt' / 'last.ckpt') == 15
     assert read_run_status(version_folder(tmp_path)) == 'failed'
+
+
+def test_final_log_save_failing_is_not_a_finished_run(tmp_path, monkeypatch):
+    """The logger's last save happens when fit ends: if it fails, fit raises and the run is
+    not recorded as finished."""
+    from test_tube import Experiment
+    saves = []
+    real = Experiment.save
+
+    def save(exp):
+        saves.append(1)
+        if finishing:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(exp)
+
+    class FinishWithFullDisk(Callback):
+        def on_fit_end(self, trainer, module):
+            finishing.append(1)
+
+    finishing = []
+    monkeypatch.setattr(Experiment, 'save', save)
+    kwargs = fit_kwargs(tmp_path, checkpoint_callback=False, callbacks=[FinishWithFullDisk()])
+    with pytest.raises(Exception, match='No space left'):
+        Trainer(**kwargs).fit(TinyModel())
+    assert saves and finishing
+    assert read_run_status(version_folder(tmp_path)) != 'finished'
