@@ -489,8 +489,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 print(f'SLURM preemption: {stop}; exiting so the requeued job can resume.')
             raise SystemExit(0)
         except BaseException as err:
+            termination.closing()
             self._close_after_failure(err)
-            if isinstance(err, Terminated):  # logs and checkpoints are saved: now die of it
+            if isinstance(err, Terminated) or termination.pending:  # saved: now die of it
                 termination.die()
             if isinstance(err, KeyboardInterrupt) and self.world.is_zero:
                 self._print_resume_hint()

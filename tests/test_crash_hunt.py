@@ -142,3 +142,65 @@ def test_final_log_save_failing_is_not_a_finished_run(tmp_path, monkeypatch):
         Trainer(**kwargs).fit(TinyModel())
     assert saves and finishing
     assert read_run_status(version_folder(tmp_path)) != 'finished'
+
+
+# ------------------------------------------------------------------ signals (subprocesses)
+SIGNAL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from models import TinyModel
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+    case, save_dir = sys.argv[1], sys.argv[2]
+
+    def term():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    class Signalling(TinyModel):
+        def training_step(self, data_batch, batch_nb):
+            if case == 'twice' and self.trainer.state.total_batches == 5:
+                term()
+            return super().training_step(data_batch, batch_nb)
+
+        def validation_step(self, data_batch, batch_nb):
+            stage = self.trainer.state.stage
+            if (case, stage) in (('validation', 'validate'), ('sanity', 'sanity_check')):
+                term()
+            return super().validation_step(data_batch, batch_nb)
+
+    class Hooks(Callback):
+        def on_epoch_start(self, trainer, module):
+            if case == 'before_first_batch':
+                term()
+
+        def on_exception(self, trainer, module, error):
+            if case == 'twice':  # a second SIGTERM while fit saves what it has
+                term()
+
+    Trainer(default_save_path=save_dir, progress_bar=False, print_weights_summary=False,
+            max_nb_epochs=3, nb_sanity_val_steps=1 if case == 'sanity' else 0,
+            early_stop_callback=False, add_log_row_interval=1, log_save_interval=100,
+            callbacks=[Hooks()],
+            checkpoint_callback=ModelCheckpoint(os.path.join(save_dir, 'ckpt'),
+                                                every_n_steps=1)).fit(Signalling())
+""")
+
+
+@pytest.mark.parametrize('case, rows', [
+    ('twice', 5),               # a second SIGTERM arrives while fit closes after the first
+    ('validation', 8),          # during the first epoch's validation (after 8 batches)
+    ('sanity', 0),              # during the sanity check
+    ('before_first_batch', 0),  # in the first on_epoch_start
+])
+def test_sigterm_saves_every_row_and_ends_by_the_signal(tmp_path, case, rows):
+    proc = subprocess.run([sys.executable, '-c', SIGNAL_SCRIPT.format(tests=TESTS), case,
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, proc.stdout + proc.stderr
+    folder = version_folder(tmp_path)
+    assert read_run_status(folder) == 'interrupted'
+    logged = [r for r in read_metrics_csv(folder / 'metrics.csv') if 'train_loss' in r]
+    assert len(logged) == rows  # every training row logged before the signal is on disk
+    for path in glob.glob(str(tmp_path / 'ckpt' / '*.ckpt')):
+        assert saved_batches(path) <= rows
+    assert not glob.glob(str(tmp_path / 'ckpt' / '.*.tmp'))
