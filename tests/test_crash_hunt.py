@@ -144,6 +144,60 @@ def test_final_log_save_failing_is_not_a_finished_run(tmp_path, monkeypatch):
     assert read_run_status(version_folder(tmp_path)) != 'finished'
 
 
+
+# ------------------------------------------------------------------ errors in user hooks
+class FailingSave(TinyModel):
+    """``on_save_checkpoint`` raises at the 3rd checkpoint, or adds an object torch.save
+    cannot pickle (``unpicklable``)."""
+
+    def __init__(self, unpicklable=False):
+        super().__init__()
+        self.unpicklable, self.saves = unpicklable, 0
+
+    def on_save_checkpoint(self, checkpoint):
+        self.saves += 1
+        if self.saves == 3:
+            if not self.unpicklable:
+                raise ValueError('user hook failed')
+            checkpoint['handle'] = lambda: None
+
+
+@pytest.mark.parametrize('unpicklable', [False, True])
+def test_error_in_a_checkpoint_hook_surfaces_and_keeps_the_previous(tmp_path, unpicklable):
+    with pytest.raises(Exception, match='user hook failed|pickle') as raised:
+        Trainer(**fit_kwargs(tmp_path)).fit(FailingSave(unpicklable))
+    assert not isinstance(raised.value, CheckpointError) or raised.value.__cause__
+    assert saved_batches(tmp_path / 'ckpt' / 'last.ckpt') == 2
+    assert not [n for n in os.listdir(tmp_path / 'ckpt') if n.endswith('.tmp')]
+    assert read_run_status(version_folder(tmp_path)) == 'failed'
+
+
+class FailingValidation(TinyModel):
+    def validation_end(self, outputs):
+        if self.trainer.state.epoch == 1:
+            raise RuntimeError('validation_end failed')
+        return super().validation_end(outputs)
+
+
+def test_error_in_validation_at_a_save_point_then_resume_is_exact(tmp_path):
+    """The epoch-1 validation fails: last.ckpt from the step before stays whole, and a
+    resume from it ends where an uninterrupted run does."""
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match='validation_end failed'):
+        Trainer(**fit_kwargs(tmp_path / 'a')).fit(FailingValidation())
+    last = tmp_path / 'a' / 'ckpt' / 'last.ckpt'
+    assert saved_batches(last) == 15  # the save point before the last batch (validated, raised)
+    assert read_run_status(version_folder(tmp_path / 'a')) == 'failed'
+
+    torch.manual_seed(0)
+    reference = TinyModel()
+    Trainer(**fit_kwargs(tmp_path / 'b', max_nb_epochs=3)).fit(reference)
+    resumed = TinyModel()
+    Trainer(**fit_kwargs(tmp_path / 'a', max_nb_epochs=3,
+                         resume_from_checkpoint=str(last))).fit(resumed)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
 # ------------------------------------------------------------------ signals (subprocesses)
 SIGNAL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
@@ -204,3 +258,93 @@ def test_sigterm_saves_every_row_and_ends_by_the_signal(tmp_path, case, rows):
     for path in glob.glob(str(tmp_path / 'ckpt' / '*.ckpt')):
         assert saved_batches(path) <= rows
     assert not glob.glob(str(tmp_path / 'ckpt' / '.*.tmp'))
+
+
+# ------------------------------------------------------------------ SIGKILL mid-write
+from test_resume import SCRIPT as RESUME_SCRIPT, assert_same_run, rows  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_run(tmp_path_factory):
+    """tests/resume_script.py run to its end: its result and its metric rows."""
+    folder = tmp_path_factory.mktemp('full')
+    subprocess.run([sys.executable, RESUME_SCRIPT, str(folder), str(folder / 'out.pt')],
+                   check=True, capture_output=True, timeout=120)
+    return torch.load(folder / 'out.pt'), rows(version_folder(folder))
+
+
+def check_killed_then_resumed(save_dir, reference, kind, nth):
+    """Run tests/resume_script.py, SIGKILLed at its ``nth`` write step of ``kind`` (see
+    ``kill_at_nth_write`` there); then every checkpoint left must load with torch's
+    defaults, metrics.csv must parse, the run must read 'died', and a resume from last.ckpt
+    (or a new run, when none was written) must end bit-exact with the uninterrupted run."""
+    out = save_dir / 'out.pt'
+    run = [sys.executable, RESUME_SCRIPT, str(save_dir), str(out)]
+    proc = subprocess.run(run + ['--kill-in', kind, '--kill-at', str(nth)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    folder = version_folder(save_dir)
+    for path in glob.glob(str(save_dir / 'ckpt' / '*.ckpt')):
+        torch.load(path)  # weights_only=True: nothing torn, nothing foreign
+    if folder.exists():
+        read_metrics_csv(folder / 'metrics.csv')
+        assert read_run_status(folder) in (None, 'died')
+    last = save_dir / 'ckpt' / 'last.ckpt'
+    resume = ['--resume', str(last)] if last.exists() else []
+    proc = subprocess.run(run + resume, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logs = folder if resume else version_folder(save_dir, 1 if folder.exists() else 0)
+    assert_same_run(torch.load(out), reference, logs)
+    assert read_run_status(logs) == 'finished'
+
+
+# ------------------------------------------------------------------ two processes, one folder
+TWIN_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    from models import TinyModel
+    from pytorch_lightning import Trainer
+
+    save_dir, me, other = sys.argv[1:4]
+    open(os.path.join(save_dir, me), 'w').close()
+    deadline = time.monotonic() + 60  # start together: both pick a version at once
+    while not os.path.exists(os.path.join(save_dir, other)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    Trainer(default_save_path=save_dir, progress_bar=False, print_weights_summary=False,
+            max_nb_epochs=2, nb_sanity_val_steps=0, early_stop_callback=False,
+            add_log_row_interval=1, log_save_interval=1).fit(TinyModel())
+""")
+
+
+def test_two_processes_in_one_save_path_get_their_own_versions(tmp_path):
+    script = TWIN_SCRIPT.format(tests=TESTS)
+    procs = [subprocess.Popen([sys.executable, '-c', script, str(tmp_path), me, other],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, other in (('a', 'b'), ('b', 'a'))]
+    try:
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert sorted(os.listdir(tmp_path / 'lightning_logs')) == ['version_0', 'version_1']
+    for version in (0, 1):
+        folder = version_folder(tmp_path, version)
+        assert read_run_status(folder) == 'finished'
+        steps = [r['step'] for r in read_metrics_csv(folder / 'metrics.csv') if 'train_loss' in r]
+        assert steps == list(range(1, 17))  # one run's rows, each once: nothing interleaved
+        checkpoints = glob.glob(str(folder / 'checkpoints' / '*.ckpt'))
+        assert checkpoints
+        for path in checkpoints:
+            assert saved_batches(path) == 16
+        assert not (folder / '.lightning.lock').exists()
+
+
+@pytest.mark.parametrize('kind, nth', [
+    ('to_csv', 4),        # test-tube rewriting metrics.csv: the temporary file torn
+    ('torch_save', 9),    # a mid-run checkpoint: the temporary file torn
+])
+def test_sigkill_during_a_write_leaves_nothing_torn_and_resumes_exactly(
+        tmp_path, uninterrupted_run, kind, nth):
+    check_killed_then_resumed(tmp_path, uninterrupted_run, kind, nth)
