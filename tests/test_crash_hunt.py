@@ -145,6 +145,31 @@ def test_final_log_save_failing_is_not_a_finished_run(tmp_path, monkeypatch):
 
 
 
+
+def test_full_disk_copying_the_best_file_leaves_no_torn_checkpoint(tmp_path, monkeypatch):
+    """On a file system without hard links the best file is a copy of last.ckpt: a copy cut
+    short by a full disk must not leave a torn file under a checkpoint's name."""
+    import shutil
+    real_link = os.link
+
+    def no_links(source, target, *args, **kwargs):
+        if os.fspath(target).endswith('.ckpt'):
+            raise OSError(errno.EPERM, 'hard links not supported')
+        return real_link(source, target, *args, **kwargs)
+
+    def copy_cut_short(source, target, *args, **kwargs):
+        with open(source, 'rb') as src, open(target, 'wb') as dst:
+            dst.write(src.read()[:1000])
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(os, 'link', no_links)
+    monkeypatch.setattr(shutil, 'copyfile', copy_cut_short)
+    with pytest.raises(CheckpointError, match='could not be finished'):
+        Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
+    for path in glob.glob(str(tmp_path / 'ckpt' / '*.ckpt')):
+        checkpoint_io.load(path)
+    assert not [n for n in os.listdir(tmp_path / 'ckpt') if n.endswith('.tmp')]
+
 # ------------------------------------------------------------------ errors in user hooks
 class FailingSave(TinyModel):
     """``on_save_checkpoint`` raises at the 3rd checkpoint, or adds an object torch.save
