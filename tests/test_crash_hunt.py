@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -169,6 +170,27 @@ def test_full_disk_copying_the_best_file_leaves_no_torn_checkpoint(tmp_path, mon
     for path in glob.glob(str(tmp_path / 'ckpt' / '*.ckpt')):
         checkpoint_io.load(path)
     assert not [n for n in os.listdir(tmp_path / 'ckpt') if n.endswith('.tmp')]
+
+
+def test_ctrl_c_while_a_checkpoint_is_being_finished(tmp_path, monkeypatch):
+    """Ctrl-C reaches the training thread while the finisher thread fsyncs and renames a
+    checkpoint: fit still finishes that save before KeyboardInterrupt leaves it."""
+    import _thread
+    real, calls = checkpoint_io._finish, []
+
+    def finish(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            _thread.interrupt_main()  # Ctrl-C, delivered while this save is in flight
+            time.sleep(0.2)
+        real(*args)
+
+    monkeypatch.setattr(checkpoint_io, '_finish', finish)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
+    assert saved_batches(tmp_path / 'ckpt' / 'last.ckpt') >= 3
+    assert not [n for n in os.listdir(tmp_path / 'ckpt') if n.endswith('.tmp')]
+    assert read_run_status(version_folder(tmp_path)) == 'interrupted'
 
 # ------------------------------------------------------------------ errors in user hooks
 class FailingSave(TinyModel):
