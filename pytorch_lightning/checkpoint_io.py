@@ -25,7 +25,8 @@ from .utilities._version import __version__
 KEY = 'lightning'
 #: Longest wait for a background save to become durable (an fsync on a hung network file
 #: system can block); past it ``CheckpointError`` is raised, and the file keeps its temporary
-#: name, so no half-finished checkpoint is ever taken for a good one.
+#: name, so no half-finished checkpoint is ever taken for a good one. Waited once per save:
+#: while that save is still stuck, later waits raise the same error at once.
 FINISH_TIMEOUT_S = 600.0
 
 
@@ -38,6 +39,7 @@ class _Finisher:
     def __init__(self):
         self._thread = None
         self._error = None
+        self._stuck = False  # the thread outlived a whole wait: later waits do not wait again
 
     def _run(self, job):
         try:
@@ -53,13 +55,14 @@ class _Finisher:
 
     def wait(self):
         if self._thread is not None:
-            self._thread.join(FINISH_TIMEOUT_S)
+            self._thread.join(0 if self._stuck else FINISH_TIMEOUT_S)
             if self._thread.is_alive():
+                self._stuck = True
                 raise CheckpointError(
                     f"a checkpoint was not durable after {FINISH_TIMEOUT_S:.0f} s (fsync or "
                     f"rename is stuck: a hung or full file system?). The checkpoint before it "
                     f"is still complete; check the disk, then resume from that one.")
-            self._thread = None
+            self._thread, self._stuck = None, False
         if self._error is not None:
             err, self._error = self._error, None
             raise CheckpointError(f'a checkpoint could not be finished: {err!r}') from err

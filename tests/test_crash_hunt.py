@@ -192,6 +192,39 @@ def test_ctrl_c_while_a_checkpoint_is_being_finished(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path / 'ckpt') if n.endswith('.tmp')]
     assert read_run_status(version_folder(tmp_path)) == 'interrupted'
 
+
+def test_a_stuck_fsync_is_waited_for_once(tmp_path, monkeypatch):
+    """An fsync that never returns (a hung network file system): fit raises after one
+    FINISH_TIMEOUT_S wait, not after one more while it closes (and another at exit)."""
+    import threading
+    release, waits = threading.Event(), []
+    real = checkpoint_io._finish
+
+    def stuck(*args):
+        release.wait(60)
+        real(*args)
+
+    class Recorded(threading.Thread):
+        def join(self, timeout=None):
+            if self.name == 'checkpoint-finisher':
+                waits.append(timeout)
+            super().join(timeout)
+
+    monkeypatch.setattr(checkpoint_io, 'FINISH_TIMEOUT_S', 0.1)
+    monkeypatch.setattr(checkpoint_io, '_finish', stuck)
+    monkeypatch.setattr(checkpoint_io.threading, 'Thread', Recorded)
+    try:
+        with pytest.raises(CheckpointError, match='not durable'):
+            Trainer(**fit_kwargs(tmp_path)).fit(TinyModel())
+        with pytest.raises(CheckpointError, match='not durable'):
+            checkpoint_io.wait_for_saves()  # still stuck: said again, without a new wait
+        assert [t for t in waits if t] == [0.1]
+    finally:
+        release.set()
+        checkpoint_io._finisher._thread.join(60)  # the disk answers: the stuck save completes
+    checkpoint_io.wait_for_saves()
+    checkpoint_io.load(tmp_path / 'ckpt' / 'last.ckpt')
+
 # ------------------------------------------------------------------ errors in user hooks
 class FailingSave(TinyModel):
     """``on_save_checkpoint`` raises at the 3rd checkpoint, or adds an object torch.save
@@ -389,7 +422,7 @@ def test_two_processes_in_one_save_path_get_their_own_versions(tmp_path):
 
 
 @pytest.mark.parametrize('kind, nth', [
-    ('to_csv', 4),        # test-tube rewriting metrics.csv: the temporary file torn
+    ('to_csv', 2),        # test-tube's first metrics.csv write: the temporary file torn
     ('torch_save', 9),    # a mid-run checkpoint: the temporary file torn
 ])
 def test_sigkill_during_a_write_leaves_nothing_torn_and_resumes_exactly(
