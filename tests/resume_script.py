@@ -2,8 +2,8 @@
 (shuffling loader, dropout, numpy and python RNG, accumulation, LR scheduler, early stopping,
 mid-epoch validation). Run by tests/test_resume.py in a subprocess, which it may SIGKILL.
 
-usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save|usr1|<one of WRITES>] [--resume PATH]
-                        [--num-workers N] [--persistent-workers] [--val-loaders N]
+usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save|usr1|<WRITES>]
+                        [--resume PATH] [--num-workers N] [--persistent-workers] [--val-loaders N]
 """
 import argparse
 import os

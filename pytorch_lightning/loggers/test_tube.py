@@ -569,8 +569,10 @@ class TestTubeLogger(LightningLoggerBase):
             saved = True
         finally:
             try:
+                if status == 'finished' and not saved:
+                    status = 'failed'  # the final save (or the writer thread) failed
                 if status is not None:  # recorded once the rows are saved (or could not be)
-                    self._write_status('failed' if status == 'finished' and not saved else status)
+                    self._write_status(status)
             finally:
                 self._thread = None
                 if exp is not None:
