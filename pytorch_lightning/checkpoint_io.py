@@ -25,9 +25,12 @@ from .utilities._version import __version__
 KEY = 'lightning'
 #: Longest wait for a background save to become durable (an fsync on a hung network file
 #: system can block); past it ``CheckpointError`` is raised, and the file keeps its temporary
-#: name, so no half-finished checkpoint is ever taken for a good one. Waited once per save:
-#: while that save is still stuck, later waits raise the same error at once.
+#: name, so no half-finished checkpoint is ever taken for a good one.
 FINISH_TIMEOUT_S = 600.0
+#: A save that outlived one whole wait gets only this long at each later wait (``fit``
+#: closing after the error, ``wait_for_saves``, the wait at exit) before the error is raised
+#: again, so a hung disk costs one ``FINISH_TIMEOUT_S``, not one per wait.
+STUCK_RECHECK_S = 1.0
 
 
 # ------------------------------------------------------------------------------ writing
@@ -39,7 +42,7 @@ class _Finisher:
     def __init__(self):
         self._thread = None
         self._error = None
-        self._stuck = False  # the thread outlived a whole wait: later waits do not wait again
+        self._stuck = False  # the thread outlived a whole wait (see STUCK_RECHECK_S)
 
     def _run(self, job):
         try:
@@ -55,7 +58,7 @@ class _Finisher:
 
     def wait(self):
         if self._thread is not None:
-            self._thread.join(0 if self._stuck else FINISH_TIMEOUT_S)
+            self._thread.join(STUCK_RECHECK_S if self._stuck else FINISH_TIMEOUT_S)
             if self._thread.is_alive():
                 self._stuck = True
                 raise CheckpointError(
