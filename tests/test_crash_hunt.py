@@ -227,6 +227,29 @@ def test_a_stuck_fsync_is_waited_for_once(tmp_path, monkeypatch):
     checkpoint_io.wait_for_saves()
     checkpoint_io.load(tmp_path / 'ckpt' / 'last.ckpt')
 
+
+def test_full_disk_in_the_log_writer_thread_surfaces(tmp_path, monkeypatch):
+    """The writer thread's save fails (full disk) while training goes on: fit raises the
+    error (with test-tube's traceback), the run reads 'failed', and the checkpoints written
+    before it, which carry the rows not on disk yet, stay whole."""
+    from test_tube import Experiment
+    from pytorch_lightning.loggers import LoggerError
+    from pytorch_lightning.loggers import test_tube as adapter
+    monkeypatch.setattr(adapter, 'SAVE_EVERY_S', 0.0)  # the writer saves at every request
+    full = OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(Experiment, 'save', failing_nth(Experiment.save, 1, full))
+
+    class Slow(TinyModel):  # gives the writer thread time to fail while training goes on
+        def training_step(self, data_batch, batch_nb):
+            time.sleep(0.02)
+            return super().training_step(data_batch, batch_nb)
+
+    with pytest.raises(LoggerError, match='No space left'):
+        Trainer(**fit_kwargs(tmp_path, max_nb_epochs=5)).fit(Slow())
+    assert read_run_status(version_folder(tmp_path)) == 'failed'
+    for path in glob.glob(str(tmp_path / 'ckpt' / '*.ckpt')):
+        torch.load(path)
+
 # ------------------------------------------------------------------ errors in user hooks
 class FailingSave(TinyModel):
     """``on_save_checkpoint`` raises at the 3rd checkpoint, or adds an object torch.save
