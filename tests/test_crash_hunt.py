@@ -320,6 +320,9 @@ SIGNAL_SCRIPT = textwrap.dedent("""
         def training_step(self, data_batch, batch_nb):
             if case == 'twice' and self.trainer.state.total_batches == 5:
                 term()
+            if case == 'usr1' and self.trainer.state.total_batches == 5:
+                os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's warning, sent twice
+                os.kill(os.getpid(), signal.SIGUSR1)
             return super().training_step(data_batch, batch_nb)
 
         def validation_step(self, data_batch, batch_nb):
@@ -334,7 +337,7 @@ SIGNAL_SCRIPT = textwrap.dedent("""
                 term()
 
         def on_exception(self, trainer, module, error):
-            if case == 'twice':  # a second SIGTERM while fit saves what it has
+            if case in ('twice', 'usr1'):  # a (second) SIGTERM while fit saves what it has
                 term()
 
     Trainer(default_save_path=save_dir, progress_bar=False, print_weights_summary=False,
@@ -453,3 +456,21 @@ def test_two_processes_in_one_save_path_get_their_own_versions(tmp_path):
 def test_sigkill_during_a_write_leaves_nothing_torn_and_resumes_exactly(
         tmp_path, uninterrupted_run, kind, nth):
     check_killed_then_resumed(tmp_path, uninterrupted_run, kind, nth)
+
+
+
+def test_sigusr1_twice_then_sigterm_saves_once_and_requeues_once(tmp_path, fake_scontrol):
+    path, calls = fake_scontrol
+    env = dict(os.environ, SLURM_JOB_ID='4242', PATH=path)
+    proc = subprocess.run([sys.executable, '-c', SIGNAL_SCRIPT.format(tests=TESTS), 'usr1',
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert calls.read_text().split() == ['requeue', '4242']
+    folder = tmp_path / 'lightning_logs' / 'version_4242'
+    assert read_run_status(folder) == 'interrupted'
+    hpc = glob.glob(str(folder / 'checkpoints' / 'hpc_ckpt_*.ckpt'))
+    assert [os.path.basename(p) for p in hpc] == ['hpc_ckpt_1.ckpt']
+    # sent during the 6th batch, acted on at its save point
+    assert torch.load(hpc[0])['lightning']['trainer_state']['total_batches'] == 6
+    logged = [r for r in read_metrics_csv(folder / 'metrics.csv') if 'train_loss' in r]
+    assert len(logged) == 6
