@@ -27,6 +27,10 @@ KEY = 'lightning'
 #: system can block); past it ``CheckpointError`` is raised, and the file keeps its temporary
 #: name, so no half-finished checkpoint is ever taken for a good one.
 FINISH_TIMEOUT_S = 600.0
+#: A save that outlived one whole wait gets only this long at each later wait (``fit``
+#: closing after the error, ``wait_for_saves``, the wait at exit) before the error is raised
+#: again, so a hung disk costs one ``FINISH_TIMEOUT_S``, not one per wait.
+STUCK_RECHECK_S = 1.0
 
 
 # ------------------------------------------------------------------------------ writing
@@ -38,6 +42,7 @@ class _Finisher:
     def __init__(self):
         self._thread = None
         self._error = None
+        self._stuck = False  # the thread outlived a whole wait (see STUCK_RECHECK_S)
 
     def _run(self, job):
         try:
@@ -53,13 +58,14 @@ class _Finisher:
 
     def wait(self):
         if self._thread is not None:
-            self._thread.join(FINISH_TIMEOUT_S)
+            self._thread.join(STUCK_RECHECK_S if self._stuck else FINISH_TIMEOUT_S)
             if self._thread.is_alive():
+                self._stuck = True
                 raise CheckpointError(
                     f"a checkpoint was not durable after {FINISH_TIMEOUT_S:.0f} s (fsync or "
                     f"rename is stuck: a hung or full file system?). The checkpoint before it "
                     f"is still complete; check the disk, then resume from that one.")
-            self._thread = None
+            self._thread, self._stuck = None, False
         if self._error is not None:
             err, self._error = self._error, None
             raise CheckpointError(f'a checkpoint could not be finished: {err!r}') from err

@@ -96,6 +96,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 lr_schedulers.step()
                 callbacks.on_save_point
                 decision point; if state.should_stop and epoch + 1 >= min_nb_epochs: stop
+            wait for pending checkpoint writes                # a failed one fails fit
             callbacks.on_fit_end                              # final log save
         on an exception: callbacks.on_exception(error); on Ctrl-C print the newest
         checkpoint and the argument that resumes from it; re-raise (SLURM preemption:
@@ -477,16 +478,20 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             self._sanity_check()
             self._train()
             self.state.stage = 'idle'
-            hooks.call('on_fit_end')
+            # the loop's checkpoints are durable before on_fit_end records the run as
+            # finished: a save that failed fails the run instead
             checkpoint_io.wait_for_saves()
+            hooks.call('on_fit_end')
+            checkpoint_io.wait_for_saves()  # any that on_fit_end started
         except _Preempted as stop:
             self._close_after_failure(stop)
             if self.world.is_zero:
                 print(f'SLURM preemption: {stop}; exiting so the requeued job can resume.')
             raise SystemExit(0)
         except BaseException as err:
+            termination.closing()
             self._close_after_failure(err)
-            if isinstance(err, Terminated):  # logs and checkpoints are saved: now die of it
+            if isinstance(err, Terminated) or termination.pending:  # saved: now die of it
                 termination.die()
             if isinstance(err, KeyboardInterrupt) and self.world.is_zero:
                 self._print_resume_hint()

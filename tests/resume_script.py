@@ -2,8 +2,8 @@
 (shuffling loader, dropout, numpy and python RNG, accumulation, LR scheduler, early stopping,
 mid-epoch validation). Run by tests/test_resume.py in a subprocess, which it may SIGKILL.
 
-usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save|usr1] [--resume PATH]
-                        [--num-workers N] [--persistent-workers] [--val-loaders N]
+usage: resume_script.py SAVE_DIR OUT_FILE [--kill-at N] [--kill-in step|save|usr1|<WRITES>]
+                        [--resume PATH] [--num-workers N] [--persistent-workers] [--val-loaders N]
 """
 import argparse
 import os
@@ -86,6 +86,44 @@ class KillDuringSave(ModelCheckpoint):
         super().on_save_point(trainer, module)
 
 
+WRITES = ('torch_save', 'to_csv', 'fsync', 'replace', 'move')
+
+
+def kill_at_nth_write(kind, n):
+    """SIGKILL at the ``n``-th call of one file-system step of a checkpoint or log write
+    (``kind``, one of ``WRITES``), on whichever thread makes it (training thread, checkpoint
+    finisher, log writer): a checkpoint's ``torch.save`` or test-tube's CSV write is cut to
+    half its length first (a torn write); an fsync, rename or (test-tube's) move is never
+    made."""
+    import shutil
+    import pandas
+    import pytorch_lightning.checkpoint_io as io
+    calls = [0]
+
+    def step(real, name, torn):
+        if name != kind:
+            return real
+
+        def wrapper(*args, **kwargs):
+            if torn and not os.fspath(args[1]).endswith('.tmp'):
+                return real(*args, **kwargs)  # not a checkpoint or log write (the OUT_FILE)
+            calls[0] += 1
+            if calls[0] == n and not torn:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = real(*args, **kwargs)
+            if calls[0] == n:
+                path = args[1]  # torch.save(obj, path) / DataFrame.to_csv(self, path)
+                os.truncate(path, os.path.getsize(path) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        return wrapper
+    io.torch.save = step(torch.save, 'torch_save', torn=True)
+    pandas.DataFrame.to_csv = step(pandas.DataFrame.to_csv, 'to_csv', torn=True)
+    os.fsync = step(os.fsync, 'fsync', torn=False)
+    os.replace = step(os.replace, 'replace', torn=False)
+    shutil.move = step(shutil.move, 'move', torn=False)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('save_dir')
@@ -99,6 +137,8 @@ def main():
     parser.add_argument('--amp', default=None, help="amp_dtype on the CPU: 'bfloat16' or 'float16'")
     parser.add_argument('--step-scheduler', dest='step_scheduler', action='store_true')
     args = parser.parse_args()
+    if args.kill_in in WRITES:
+        kill_at_nth_write(args.kill_in, args.kill_at)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(1), np.random.seed(1), random.seed(1)
     model = Noisy(args)

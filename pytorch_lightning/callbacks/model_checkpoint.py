@@ -2,6 +2,7 @@
 import math
 import os
 import shutil
+import tempfile
 
 from ..exceptions import MisconfigurationException
 from .base import Callback
@@ -112,8 +113,17 @@ class ModelCheckpoint(Callback):
         def link():
             try:
                 os.link(source, target)  # last.ckpt is later replaced, never rewritten in place
-            except OSError:  # file systems without hard links
-                shutil.copyfile(source, target)
+            except OSError:  # file systems without hard links: a copy, renamed into place, so
+                # a copy cut short (full disk, kill) never sits under a checkpoint's name
+                fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(target)}.{os.getpid()}.',
+                                           suffix='.tmp', dir=os.path.dirname(target))
+                os.close(fd)
+                try:
+                    shutil.copyfile(source, tmp)
+                    os.replace(tmp, target)
+                except BaseException:
+                    os.remove(tmp)
+                    raise
             if after is not None:
                 after()
         return link

@@ -544,14 +544,14 @@ class TestTubeLogger(LightningLoggerBase):
         """Save everything, stop the writer thread and release the folder; a user's
         Experiment gets its own methods back (and stays open). Logging again afterwards
         re-opens the same version. ``status`` (``'finished'``, ``'failed'``,
-        ``'interrupted'``) is recorded in ``run_status.json`` in the version folder;
-        ``None`` keeps what is recorded."""
+        ``'interrupted'``) is recorded in ``run_status.json`` in the version folder once
+        the final save is done; ``'finished'`` becomes ``'failed'`` when that save (or the
+        writer thread) failed. ``None`` keeps what is recorded."""
         thread = self._thread
         if thread is None:
             return
-        if status is not None:
-            self._write_status(status)
         exp = self.user_experiment
+        saved = False
         try:
             with self._wake:
                 self._stopping = True
@@ -566,15 +566,22 @@ class TestTubeLogger(LightningLoggerBase):
                 self._save_now()
                 if self._exp is not exp:
                     self._exp.close()
+            saved = True
         finally:
-            self._thread = None
-            if exp is not None:
-                for attr in ('log', 'tag', 'save'):
-                    exp.__dict__.pop(attr, None)
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            _open_loggers.discard(self)
+            try:
+                if status == 'finished' and not saved:
+                    status = 'failed'  # the final save (or the writer thread) failed
+                if status is not None:  # recorded once the rows are saved (or could not be)
+                    self._write_status(status)
+            finally:
+                self._thread = None
+                if exp is not None:
+                    for attr in ('log', 'tag', 'save'):
+                        exp.__dict__.pop(attr, None)
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
+                _open_loggers.discard(self)
 
     # -------------------------------------------------------------- checkpoints
     def state_dict(self, step, durable=False):

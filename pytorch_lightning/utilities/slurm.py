@@ -56,6 +56,9 @@ class TerminationGuard:
 
     def __init__(self):
         self._installed = False
+        self._closing = False
+        #: a SIGTERM arrived while ``fit`` was closing (see ``closing``)
+        self.pending = False
 
     def install(self):
         if (threading.current_thread() is threading.main_thread()
@@ -64,9 +67,16 @@ class TerminationGuard:
             self._installed = True
         return self
 
-    @staticmethod
-    def _handle(signum, frame):
+    def _handle(self, signum, frame):
+        if self._closing:  # never break off the saving: die of it once that is done
+            self.pending = True
+            return
         raise Terminated('SIGTERM')
+
+    def closing(self):
+        """``fit`` is saving the logs and checkpoints after an exception: from now on a
+        SIGTERM (a second one, or one after another error) only sets ``pending``."""
+        self._closing = True
 
     def uninstall(self):
         # requeue() may have set SIG_IGN meanwhile: only our own handler is undone
