@@ -49,7 +49,9 @@ def _mean_of_outputs(outputs, loss_key, end_name):
     is weighted by its batch size (``outputs.batch_sizes`` when the trainer provides it and it
     matches the list, else 1), so per-batch means give the per-sample mean. A bare scalar
     output counts as ``{loss_key: output}``; outputs that are neither a dict nor a scalar
-    (``None``) are skipped, as are non-scalar dict values."""
+    (``None``) are skipped, as are non-scalar dict values, except a tensor under ``loss_key``
+    (a per-sample loss): that raises ``MisconfigurationException``, since the checkpoint and
+    early stopping monitor it."""
     weights = getattr(outputs, 'batch_sizes', None)
     if weights is None or len(weights) != len(outputs):  # e.g. an override filtered the list
         weights = [1] * len(outputs)
@@ -67,6 +69,13 @@ def _mean_of_outputs(outputs, loss_key, end_name):
             continue
         for key, value in out.items():
             if not _is_scalar(value):
+                if key == loss_key and isinstance(value, torch.Tensor):  # what is monitored
+                    step = end_name.replace('_end', '_step')
+                    raise MisconfigurationException(
+                        f"{step} returned {key!r} of shape {tuple(value.shape)} (a loss per "
+                        f"sample?); the default {end_name} averages scalars only, so it would "
+                        f"be dropped. Return a scalar: reduce it, e.g. `{key}.mean()`, or "
+                        f"override {end_name} to collate the outputs yourself.")
                 continue
             if isinstance(value, torch.Tensor):
                 value = value.detach().float()

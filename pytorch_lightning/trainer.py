@@ -752,10 +752,16 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         try:
             out = self.device.run_step(self.module, 'training_step', batch, args,
                                        self.precision.autocast)
-            loss, prog, log = self._parse_training_output(out)
-            self._check_loss(loss, batch_idx, opt_i)
-            window = self._window
-            self._hooks.backward(loss / window if window > 1 else loss, optimizer)
+            try:
+                loss, prog, log = self._parse_training_output(out)
+                self._check_loss(loss, batch_idx, opt_i)
+                window = self._window
+                self._hooks.backward(loss / window if window > 1 else loss, optimizer)
+            except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+                # only the first batch's output is checked up front: a later one that
+                # cannot be used gets the check's message (and where), not torch's error
+                self._explain_training_output(out, batch_idx, opt_i, err)
+                raise
         finally:
             for param in frozen:
                 param.requires_grad_(True)
@@ -785,9 +791,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         if self.device.cheap_item:
             value = loss.item()
             if not math.isfinite(value):
-                where = f'at epoch {self.state.epoch}, batch {batch_idx}' + (
-                    f', optimizer {opt_i}' if len(self.optimizers) > 1 else '')
-                self._raise_nonfinite(value, where, stepped=False)
+                self._raise_nonfinite(value, f'at {self._batch_name(batch_idx, opt_i)}',
+                                      stepped=False)
             self._recent_losses.append(value)
             return
         loss = loss.detach()
@@ -858,6 +863,20 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         for fn in self._hooks.hooks['on_before_zero_grad']:
             fn(optimizer)
         optimizer.zero_grad()
+
+    def _batch_name(self, batch_idx, opt_i):
+        """``'epoch 2, batch 5'``, with ``', optimizer 1'`` when there are several."""
+        return f'epoch {self.state.epoch}, batch {batch_idx}' + (
+            f', optimizer {opt_i}' if len(self.optimizers) > 1 else '')
+
+    def _explain_training_output(self, out, batch_idx, opt_i, err):
+        """Using a training step's output ``out`` raised ``err``: if ``out`` breaks the
+        contract, raise the first-output check's ``MisconfigurationException`` for it, naming
+        the batch, chained to ``err``. Otherwise return (the caller re-raises ``err``)."""
+        try:
+            checks.check_training_output(out, f' ({self._batch_name(batch_idx, opt_i)})')
+        except MisconfigurationException as bad:
+            raise bad from err
 
     def _parse_training_output(self, out):
         """``(loss, prog, log)`` from what training_step returned (fully checked on the

@@ -231,40 +231,49 @@ def check_test_contract(module):
               f"batch_nb)` and a `test_dataloader` property returning a DataLoader.")
 
 
-def unsupported_output(out):
-    _fail(f"training_step returned {type(out).__name__} ({out!r:.80}). Return one of:\n"
+def unsupported_output(out, where=''):
+    _fail(f"training_step{where} returned {type(out).__name__} ({out!r:.80}). Return one of:\n"
           f"{TRAINING_FORMS}")
 
 
-def check_training_output(out):
-    """Full check of the first training step's return value."""
+def check_training_output(out, where=''):
+    """Full check of a training step's return value: the first batch's (per optimizer), and
+    a later batch's when using it failed (``where`` then says which batch, e.g. ``' (epoch 0,
+    batch 3)'``)."""
+    step = f'training_step{where}'
     if isinstance(out, (tuple, list)):
         if len(out) != 2 or not isinstance(out[1], dict):
-            _fail(f"training_step returned a {type(out).__name__} of length {len(out)} "
+            _fail(f"{step} returned a {type(out).__name__} of length {len(out)} "
                   f"({', '.join(type(o).__name__ for o in out)}); a tuple must be "
                   f"(loss, dict). Return one of:\n{TRAINING_FORMS}")
         loss = out[0]
     elif isinstance(out, dict):
         if 'loss' not in out:
-            _fail(f"training_step returned a dict without 'loss' (keys: {sorted(out)}). "
+            _fail(f"{step} returned a dict without 'loss' (keys: {sorted(out)}). "
                   f"Return one of:\n{TRAINING_FORMS}")
         for key in ('prog', 'progress_bar', 'log'):
             if key in out and not isinstance(out[key], dict):
-                _fail(f"training_step returned {{'{key}': {type(out[key]).__name__}}}; "
+                _fail(f"{step} returned {{'{key}': {type(out[key]).__name__}}}; "
                       f"'{key}' must be a dict of metric name -> value.")
         loss = out['loss']
     elif isinstance(out, (torch.Tensor, numbers.Number)):
         loss = out
     else:
-        unsupported_output(out)
+        unsupported_output(out, where)
+    check_loss(loss, where)
+
+
+def check_loss(loss, where=''):
+    """The loss a training step returned is a scalar tensor that requires grad."""
+    name = f"training_step's loss{where}"
     if not isinstance(loss, torch.Tensor):
-        _fail(f"training_step's loss is {type(loss).__name__} ({loss!r:.40}), not a tensor. "
+        _fail(f"{name} is {type(loss).__name__} ({loss!r:.40}), not a tensor. "
               f"Return the loss tensor your model computed (do not call .item() on it).")
     if loss.numel() != 1:
-        _fail(f"training_step's loss has shape {tuple(loss.shape)}; it must be a scalar. "
+        _fail(f"{name} has shape {tuple(loss.shape)}; it must be a scalar. "
               f"Reduce it, e.g. `loss = loss.mean()`.")
     if not loss.requires_grad:
-        _fail("training_step's loss does not require grad, so backward() cannot train "
+        _fail(f"{name} does not require grad, so backward() cannot train "
               "anything. Compute it from the model's outputs without torch.no_grad() or "
               ".detach(), and check that some parameters have requires_grad=True (freeze()?).")
 
@@ -273,6 +282,17 @@ def check_eval_end_output(name, metrics):
     if not isinstance(metrics, dict):
         _fail(f"{name} returned {type(metrics).__name__}; return a dict of metric name -> "
               f"value, e.g. `return {{'val_loss': avg_loss}}`.")
+
+
+def check_monitored_metrics(callbacks, metrics):
+    """The sanity check's ``metrics`` hold what each ``ModelCheckpoint`` and ``EarlyStopping``
+    among ``callbacks`` monitors, as a number (see ``Monitor.check``): a wrong key or value
+    is reported before the first training batch instead of after the first epoch."""
+    from .callbacks.early_stopping import EarlyStopping
+    from .callbacks.model_checkpoint import ModelCheckpoint
+    for cb in callbacks:
+        if isinstance(cb, (ModelCheckpoint, EarlyStopping)):
+            cb.monitor.check(metrics)
 
 
 def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hooks, module):
