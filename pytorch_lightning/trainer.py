@@ -371,6 +371,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.optimizers, self._scheduler_configs = configured.optimizers, configured.schedulers
         self.lr_schedulers = [config['scheduler'] for config in self._scheduler_configs]
         self.optimizer_frequencies = configured.frequencies
+        checks.check_optimizer_parameters(self.optimizers, model)
         checks.check_optimizer_frequencies(configured.frequencies, self.accumulate_grad_batches)
         if len(self.state.optimizer_steps) != len(self.optimizers):
             self.state.optimizer_steps = [0] * len(self.optimizers)

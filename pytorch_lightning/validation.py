@@ -11,8 +11,9 @@ import os
 import torch
 from torch import nn
 
-from .data import find_loader_attr
+from .data import LOADER_NAMES, find_loader_attr
 from .exceptions import MisconfigurationException
+from .module import RootModule
 
 TRAINING_FORMS = ("  - a loss tensor: `return loss`\n"
                   "  - a (loss, dict) tuple: `return loss, {'train_loss': loss}` (dict: progress bar and log)\n"
@@ -159,6 +160,9 @@ def check_trainer_args(args):
         _fail(f"Trainer(resume_from_checkpoint={os.fspath(resume)!r}): no such file. Pass the "
               f"path of a checkpoint, e.g. <experiment folder>/checkpoints/last.ckpt.")
     for cb in cbs or ():
+        if isinstance(cb, type):
+            _fail(f"Trainer(callbacks=[..., {cb.__name__}, ...]): got the class {cb.__name__}, "
+                  f"not a callback. Pass an instance: `{cb.__name__}(...)`.")
         if not isinstance(cb, Callback):
             _fail(f"Trainer(callbacks=[..., {type(cb).__name__}, ...]): every item must be a "
                   f"pytorch_lightning.callbacks.Callback instance. Subclass Callback and "
@@ -190,6 +194,9 @@ def _defines(module, name):
 def check_module(module):
     """Check the contract before anything runs: the methods ``fit`` needs are there and the
     validation pieces come in pairs."""
+    if isinstance(module, type):
+        _fail(f"fit(model): got the class {module.__name__}, not a model. Pass an instance: "
+              f"`fit({module.__name__}(...))`.")
     if not isinstance(module, nn.Module):
         _fail(f"fit(model): expected a RootModule (an nn.Module) instance, got "
               f"{type(module).__name__}. Subclass pytorch_lightning.RootModule.")
@@ -201,6 +208,11 @@ def check_module(module):
               f"the parts that do the work inside it, e.g. `self.net = "
               f"torch.compile(self.net)` in __init__.")
     name = type(module).__name__
+    if not isinstance(module, RootModule) and not _defines(module, 'training_step'):
+        _fail(f"fit(model): got {name}, a torch.nn.Module that is not a RootModule and has "
+              f"no training_step. Subclass pytorch_lightning.RootModule and define "
+              f"training_step, configure_optimizers and a training dataloader (wrap your "
+              f"network: `self.net = {name}(...)`).")
     if not _defines(module, 'training_step'):
         _fail(f"{name} has no training_step. Define `def training_step(self, data_batch, "
               f"batch_nb)` returning one of:\n{TRAINING_FORMS}")
@@ -208,17 +220,67 @@ def check_module(module):
         _fail(f"{name} has no configure_optimizers. Define it and return an optimizer, e.g. "
               f"`return torch.optim.Adam(self.parameters(), lr=1e-3)`.")
     if find_loader_attr(module, 'train') is None:
+        _fail_if_loader_on_instance(module, 'train')
         _fail(f"{name} has no training dataloader. Define `tng_dataloader` (or "
               f"`train_dataloader`) as a property or method returning a "
               f"torch.utils.data.DataLoader.")
+    check_parameters(module)
     has_step = _defines(module, 'validation_step')
     has_loader = find_loader_attr(module, 'val') is not None
     if has_step and not has_loader:
+        _fail_if_loader_on_instance(module, 'val')
         _fail(f"{name} defines validation_step but no val_dataloader. Add a `val_dataloader` "
               f"property returning a DataLoader, or remove validation_step.")
     if has_loader and not has_step:
         _fail(f"{name} defines val_dataloader but no validation_step. Add `def "
               f"validation_step(self, data_batch, batch_nb)`, or remove val_dataloader.")
+
+
+def check_parameters(module):
+    """The module has parameters, and no layer hides in a plain list, tuple or dict (an
+    attribute of the module): ``nn.Module`` registers only layers assigned directly or held
+    in ``nn.ModuleList``/``nn.ModuleDict``, so the optimizer, ``.to(device)``, ``state_dict()``
+    and checkpoints would not see the hidden one's parameters."""
+    name = type(module).__name__
+    registered = {id(p) for p in module.parameters()}
+    for attr, value in vars(module).items():
+        if attr.startswith('_') or not isinstance(value, (list, tuple, dict)):
+            continue
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(item, nn.Module) and any(id(p) not in registered
+                                                   for p in item.parameters()):
+                fix = 'nn.ModuleDict' if isinstance(value, dict) else 'nn.ModuleList'
+                _fail(f"{name}.{attr} is a {type(value).__name__} holding nn.Module objects "
+                      f"({type(item).__name__}), whose parameters are not registered: the "
+                      f"optimizer, .to(device), state_dict() and checkpoints do not see them. "
+                      f"Hold them in a {fix}: `self.{attr} = {fix}(...)`.")
+    if not registered:
+        _fail(f"{name} has no parameters, so there is nothing to train. Assign the layers in "
+              f"__init__, e.g. `self.layer = nn.Linear(32, 2)` (a plain tensor is not a "
+              f"parameter: wrap it in nn.Parameter).")
+
+
+def check_optimizer_parameters(optimizers, module):
+    """Each optimizer holds at least one of the module's parameters."""
+    own = {id(p) for p in module.parameters()}
+    for i, opt in enumerate(optimizers):
+        if not any(id(p) in own for group in opt.param_groups for p in group['params']):
+            name = type(module).__name__
+            _fail(f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds none of "
+                  f"{name}'s parameters, so training would change nothing in {name}. Build it "
+                  f"over the model's own parameters, e.g. "
+                  f"`torch.optim.{type(opt).__name__}(self.parameters(), lr=...)`.")
+
+
+def _fail_if_loader_on_instance(module, stage):
+    """A loader for ``stage`` assigned on the instance (``self.tng_dataloader = ...`` in
+    ``__init__``) is not found on the class, where the trainer looks."""
+    for attr in LOADER_NAMES[stage]:
+        if attr in vars(module):
+            _fail(f"{type(module).__name__}.{attr} is set on the instance (in __init__?), but "
+                  f"the trainer reads dataloaders from the class: define it in the class body, "
+                  f"as a `@property` (or a method) returning the DataLoader.")
 
 
 def check_test_contract(module):
