@@ -127,7 +127,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         del args['self']
         checks.check_trainer_args(args)
         self._init_args = args  # what a spawned process builds its trainer from
-        self.default_save_path = os.fspath(default_save_path or os.getcwd())
+        self.default_save_path = os.path.expanduser(os.fspath(default_save_path or os.getcwd()))
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
         if isinstance(val_check_interval, numbers.Integral):
             val_check_interval = int(val_check_interval)  # numpy ints count batches too
@@ -874,8 +874,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         """Using a training step's output ``out`` raised ``err``: if ``out`` breaks the
         contract, raise the first-output check's ``MisconfigurationException`` for it, naming
         the batch, chained to ``err``. Otherwise return (the caller re-raises ``err``)."""
+        where = f' ({self._batch_name(batch_idx, opt_i)})'
         try:
-            checks.check_training_output(out, f' ({self._batch_name(batch_idx, opt_i)})')
+            checks.check_training_output(out, where)
+            checks.check_backward_error(err, where)
         except MisconfigurationException as bad:
             raise bad from err
 

@@ -340,6 +340,16 @@ def check_loss(loss, where=''):
               ".detach(), and check that some parameters have requires_grad=True (freeze()?).")
 
 
+def check_backward_error(err, where=''):
+    """``err`` is torch's error for a second backward through a freed graph: the training
+    step already ran backward on its loss (a habit from hand-written loops)."""
+    if isinstance(err, RuntimeError) and 'backward through the graph a second time' in str(err):
+        _fail(f"training_step's loss{where} was already backpropagated: does training_step "
+              f"call loss.backward() (or optimizer.step())? The trainer runs backward and the "
+              f"optimizer step itself: remove those calls and return the loss (to change them, "
+              f"override backward or optimizer_step).")
+
+
 def check_eval_end_output(name, metrics):
     if not isinstance(metrics, dict):
         _fail(f"{name} returned {type(metrics).__name__}; return a dict of metric name -> "

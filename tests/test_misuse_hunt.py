@@ -239,3 +239,52 @@ def test_callbacks_holding_a_class():
         Trainer(experiment=False, callbacks=[EarlyStopping])
     assert_message(excinfo, 'Trainer(callbacks=[..., EarlyStopping, ...])',
                    'the class EarlyStopping', 'EarlyStopping(...)')
+
+
+# --------------------------------------------------------------------------- found in a second pass
+def test_training_step_calling_backward_itself(quiet):
+    """Before: torch's 'Trying to backward through the graph a second time' RuntimeError."""
+    def training_step(self, data_batch, batch_nb):
+        self.calls.append(('training_step', batch_nb))
+        x, y = data_batch
+        loss = F.cross_entropy(self.layer(x), y)
+        loss.backward()
+        return loss
+    model = build(training_step=training_step)
+    excinfo = _fails(quiet, model)
+    assert_message(excinfo, "training_step's loss (epoch 0, batch 0) was already backpropagated",
+                   'loss.backward()', 'return the loss')
+    assert 'second time' in str(excinfo.value.__cause__)
+    assert training_calls(model) == [('training_step', 0)]
+
+
+def test_validation_step_returning_a_tuple_without_dict(quiet):
+    """Before: silently dropped by the default validation_end, then a notice that it returned
+    no 'val_loss' (keys: [])."""
+    def validation_step(self, data_batch, batch_nb):
+        x, y = data_batch
+        out = self.layer(x)
+        return F.cross_entropy(out, y), (out.argmax(1) == y).float().mean()
+    model = build(validation_step=validation_step)
+    excinfo = _fails(quiet, model)
+    assert_message(excinfo, 'validation_step returned a tuple of 2 items (Tensor, Tensor)',
+                   "return loss, {'val_acc': acc}", 'override validation_end')
+    assert training_calls(model) == []
+
+
+def test_save_paths_with_a_tilde_are_expanded(quiet, tmp_path, monkeypatch):
+    """Before: the checkpoints went into a folder literally called '~' under the working
+    directory while test-tube's CSV went to the home folder, and the log save failed after
+    training (a LoggerError at the end of fit)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.chdir(tmp_path)
+    checkpoint = ModelCheckpoint(filepath='~/ckpts')
+    trainer = Trainer(**quiet(default_save_path='~/runs', experiment=None,
+                              checkpoint_callback=checkpoint))
+    trainer.fit(build())
+    assert trainer.default_save_path == str(tmp_path / 'home' / 'runs')
+    assert checkpoint.filepath == str(tmp_path / 'home' / 'ckpts')
+    assert (tmp_path / 'home' / 'runs' / 'lightning_logs' / 'version_0' / 'metrics.csv').is_file()
+    assert (tmp_path / 'home' / 'ckpts' / 'last.ckpt').is_file()
+    assert not (tmp_path / '~').exists()
