@@ -402,6 +402,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                             for loader in self._val_loaders]
         self.nb_val_batches = _total(self._val_limits)
         self._val_every = self._validation_interval()
+        if not self._val_loaders:
+            checks.check_early_stopping_has_validation(self._active_callbacks, model)
         if not self._val_loaders and any(
                 isinstance(c['scheduler'], torch.optim.lr_scheduler.ReduceLROnPlateau)
                 and c['interval'] == 'epoch' for c in self._scheduler_configs):
@@ -427,6 +429,12 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         """Training batches between validation points (``None``: at epoch end only)."""
         if not self._val_loaders or self.nb_val_batches == 0:
             return 0
+        every, epochs = self.check_val_every_n_epoch, self.max_nb_epochs
+        if every > epochs and not self.fast_dev_run:
+            raise MisconfigurationException(
+                f"Trainer(check_val_every_n_epoch={every}, max_nb_epochs={epochs}): validation "
+                f"runs once every {every} epochs, so in {epochs} validation would never run. Use "
+                f"check_val_every_n_epoch <= {epochs}.")
         nb, vci = self.nb_training_batches, self.val_check_interval
         if isinstance(vci, int) and not isinstance(vci, bool):
             if nb is not None and vci > nb:

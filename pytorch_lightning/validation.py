@@ -44,6 +44,13 @@ def _flag(name, value):
         _fail(f"Trainer({name}={value!r}): expected True or False.")
 
 
+def _fail_if_class(what, value):
+    """A class passed where an instance is expected (``callbacks=[EarlyStopping]``)."""
+    if isinstance(value, type):
+        _fail(f"{what}: got the class {value.__name__}, not an instance. Pass an instance: "
+              f"`{value.__name__}(...)`.")
+
+
 def _check_world_args(args):
     """``nb_gpu_nodes``, ``num_processes``, ``process_group_timeout``, ``find_unused_parameters``
     and how they combine with ``distributed_backend`` and ``gpus``."""
@@ -73,6 +80,8 @@ def _check_world_args(args):
 def check_trainer_args(args):
     """Validate the Trainer's constructor arguments (a dict of name -> value)."""
     exp = args['experiment']
+    for name in ('experiment', 'logger', 'checkpoint_callback', 'early_stop_callback'):
+        _fail_if_class(f'Trainer({name}=...)', args.get(name))
     if not (exp is None or exp is False or (hasattr(exp, 'log') and hasattr(exp, 'save'))):
         _fail(f"Trainer(experiment={exp!r}): expected None (a test-tube Experiment under "
               f"default_save_path/lightning_logs), False (no logging), or a "
@@ -161,8 +170,7 @@ def check_trainer_args(args):
               f"path of a checkpoint, e.g. <experiment folder>/checkpoints/last.ckpt.")
     for cb in cbs or ():
         if isinstance(cb, type):
-            _fail(f"Trainer(callbacks=[..., {cb.__name__}, ...]): got the class {cb.__name__}, "
-                  f"not a callback. Pass an instance: `{cb.__name__}(...)`.")
+            _fail_if_class(f"Trainer(callbacks=[..., {cb.__name__}, ...])", cb)
         if not isinstance(cb, Callback):
             _fail(f"Trainer(callbacks=[..., {type(cb).__name__}, ...]): every item must be a "
                   f"pytorch_lightning.callbacks.Callback instance. Subclass Callback and "
@@ -365,6 +373,19 @@ def check_monitored_metrics(callbacks, metrics):
     for cb in callbacks:
         if isinstance(cb, (ModelCheckpoint, EarlyStopping)):
             cb.monitor.check(metrics)
+
+
+def check_early_stopping_has_validation(callbacks, module):
+    """An ``EarlyStopping`` the user configured on a model without validation would never
+    stop anything (the trainer's default one is off there, quietly)."""
+    from .callbacks.early_stopping import EarlyStopping
+    for cb in callbacks:
+        if isinstance(cb, EarlyStopping) and cb.monitor.required:
+            name = type(module).__name__
+            _fail(f"EarlyStopping(monitor={cb.monitor.key!r}) reads validation metrics, but "
+                  f"{name} has no validation (validation_step and val_dataloader), so it would "
+                  f"never stop training. Add validation, or remove it "
+                  f"(Trainer(early_stop_callback=False) for the default one).")
 
 
 def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hooks, module):

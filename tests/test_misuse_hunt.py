@@ -288,3 +288,41 @@ def test_save_paths_with_a_tilde_are_expanded(quiet, tmp_path, monkeypatch):
     assert (tmp_path / 'home' / 'runs' / 'lightning_logs' / 'version_0' / 'metrics.csv').is_file()
     assert (tmp_path / 'home' / 'ckpts' / 'last.ckpt').is_file()
     assert not (tmp_path / '~').exists()
+
+
+@pytest.mark.parametrize('argument', ['experiment', 'logger'])
+def test_logger_class_instead_of_instance(quiet, argument):
+    """Before: an AttributeError from test-tube (experiment=Experiment), or an error at the
+    first log call (logger=TestTubeLogger)."""
+    from test_tube import Experiment
+    from pytorch_lightning.loggers import TestTubeLogger
+    cls = {'experiment': Experiment, 'logger': TestTubeLogger}[argument]
+    with pytest.raises(MisconfigurationException) as excinfo:
+        Trainer(**quiet(**{'experiment': None, argument: cls}))
+    assert_message(excinfo, f'Trainer({argument}=...)', f'got the class {cls.__name__}',
+                   f'`{cls.__name__}(...)`')
+
+
+@pytest.mark.parametrize('patience', [-1, 2.5, None])
+def test_early_stopping_patience(patience):
+    """Before: accepted; -1 stopped at the first validation without improvement."""
+    with pytest.raises(MisconfigurationException) as excinfo:
+        EarlyStopping(patience=patience)
+    assert_message(excinfo, f'EarlyStopping(patience={patience!r})', 'expected an int >= 0')
+
+
+def test_early_stopping_without_validation(quiet):
+    """Before: silently never stopped anything."""
+    from models import TrainOnlyModel
+    excinfo = _fails(quiet, TrainOnlyModel(), early_stop_callback=EarlyStopping())
+    assert_message(excinfo, "EarlyStopping(monitor='val_loss') reads validation metrics",
+                   'TrainOnlyModel has no validation', 'early_stop_callback=False')
+
+
+def test_check_val_every_n_epoch_beyond_max_nb_epochs(quiet):
+    """Before: validation silently never ran."""
+    model = build()
+    excinfo = _fails(quiet, model, check_val_every_n_epoch=5, max_nb_epochs=2)
+    assert_message(excinfo, 'Trainer(check_val_every_n_epoch=5, max_nb_epochs=2)',
+                   'validation would never run', 'check_val_every_n_epoch <= 2')
+    assert training_calls(model) == []
