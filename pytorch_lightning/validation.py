@@ -165,6 +165,10 @@ def check_trainer_args(args):
     resume = args['resume_from_checkpoint']
     if resume is not None and not isinstance(resume, (str, os.PathLike)):
         _fail(f"Trainer(resume_from_checkpoint={resume!r}): expected the path of a .ckpt file.")
+    if resume is not None and os.path.isdir(resume):
+        _fail(f"Trainer(resume_from_checkpoint={os.fspath(resume)!r}): a folder, not a "
+              f"checkpoint file. Pass the file, e.g. "
+              f"{os.path.join(os.fspath(resume), 'last.ckpt')!r}.")
     if resume is not None and not os.path.isfile(resume):
         _fail(f"Trainer(resume_from_checkpoint={os.fspath(resume)!r}): no such file. Pass the "
               f"path of a checkpoint, e.g. <experiment folder>/checkpoints/last.ckpt.")
@@ -270,11 +274,20 @@ def check_parameters(module):
 
 
 def check_optimizer_parameters(optimizers, module):
-    """Each optimizer holds at least one of the module's parameters."""
+    """Each optimizer holds only parameters of the module (anything else is not saved in
+    checkpoints nor moved to the device), and at least one."""
     own = {id(p) for p in module.parameters()}
+    name = type(module).__name__
     for i, opt in enumerate(optimizers):
-        if not any(id(p) in own for group in opt.param_groups for p in group['params']):
-            name = type(module).__name__
+        params = [p for group in opt.param_groups for p in group['params']]
+        foreign = [p for p in params if id(p) not in own]
+        if foreign and len(foreign) < len(params):
+            _fail(f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds "
+                  f"{len(foreign)} tensor(s) that are not parameters of {name} (shapes "
+                  f"{[tuple(p.shape) for p in foreign][:5]}): state_dict(), checkpoints and "
+                  f".to(device) leave them out. Register them in __init__: `self.scale = "
+                  f"nn.Parameter(torch.ones(...))`, or an attribute that is an nn.Module.")
+        if foreign:
             _fail(f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds none of "
                   f"{name}'s parameters, so training would change nothing in {name}. Build it "
                   f"over the model's own parameters, e.g. "

@@ -326,3 +326,24 @@ def test_check_val_every_n_epoch_beyond_max_nb_epochs(quiet):
     assert_message(excinfo, 'Trainer(check_val_every_n_epoch=5, max_nb_epochs=2)',
                    'validation would never run', 'check_val_every_n_epoch <= 2')
     assert training_calls(model) == []
+
+
+def test_optimizer_over_a_plain_tensor(quiet):
+    """Before: trained, but the tensor was not in state_dict(), so checkpoints lost it."""
+    def __init__(self):
+        _init(self)
+        self.scale = torch.ones(2, requires_grad=True)  # not an nn.Parameter
+    model = build('TensorModel', __init__=__init__, configure_optimizers=lambda self: (
+        torch.optim.SGD(list(self.parameters()) + [self.scale], lr=0.1)))
+    excinfo = _fails(quiet, model)
+    assert_message(excinfo, 'optimizer 0 (SGD) holds 1 tensor(s) that are not parameters of '
+                   'TensorModel (shapes [(2,)])', 'nn.Parameter')
+    assert training_calls(model) == []
+
+
+def test_resume_from_a_folder(quiet, tmp_path):
+    """Before: 'no such file' for a folder that exists."""
+    with pytest.raises(MisconfigurationException) as excinfo:
+        Trainer(**quiet(resume_from_checkpoint=str(tmp_path)))
+    assert_message(excinfo, f'Trainer(resume_from_checkpoint={str(tmp_path)!r}): a folder',
+                   'last.ckpt')
