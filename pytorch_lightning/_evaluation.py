@@ -83,6 +83,8 @@ class EvaluationMixin:
             if not sanity:
                 self.val_metrics = metrics
                 hooks.call('on_validation_end', metrics)
+            else:  # a monitor's key missing or not a number: say so before training
+                checks.check_monitored_metrics(self._active_callbacks, metrics)
             hooks.call('on_post_performance_check')
         return metrics
 

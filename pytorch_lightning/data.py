@@ -45,6 +45,10 @@ def get_loader(module, stage):
         raise MisconfigurationException(
             f"{name} returned None. Return a torch.utils.data.DataLoader "
             f"(or any iterable of batches) from {name}{skip}.")
+    if isinstance(loader, type):
+        raise MisconfigurationException(
+            f"{name} returned the class {loader.__name__}, not a loader. Return an instance, "
+            f"e.g. `DataLoader(dataset, batch_size=32)`.")
     if not hasattr(loader, '__iter__'):
         raise MisconfigurationException(
             f"{name} returned {type(loader).__name__}, which is not iterable. "

@@ -48,8 +48,11 @@ def _mean_of_outputs(outputs, loss_key, end_name):
     """The mean of every scalar that the step outputs carry under the same key. Each output
     is weighted by its batch size (``outputs.batch_sizes`` when the trainer provides it and it
     matches the list, else 1), so per-batch means give the per-sample mean. A bare scalar
-    output counts as ``{loss_key: output}``; outputs that are neither a dict nor a scalar
-    (``None``) are skipped, as are non-scalar dict values."""
+    output counts as ``{loss_key: output}``; a tuple or list output (values without names)
+    raises ``MisconfigurationException``; other outputs that are neither a dict nor a scalar
+    (``None``) are skipped, as are non-scalar dict values, except a tensor under ``loss_key``
+    (a per-sample loss): that raises too, since the checkpoint and early stopping monitor
+    it."""
     weights = getattr(outputs, 'batch_sizes', None)
     if weights is None or len(weights) != len(outputs):  # e.g. an override filtered the list
         weights = [1] * len(outputs)
@@ -63,10 +66,26 @@ def _mean_of_outputs(outputs, loss_key, end_name):
                 f"or override {end_name} to collate the outputs yourself.")
         if _is_scalar(out):
             out = {loss_key: out}
+        if isinstance(out, (tuple, list)):  # (loss, dict) was unpacked by the trainer
+            step = end_name.replace('_end', '_step')
+            metric = loss_key.split('_')[0] + '_acc'
+            raise MisconfigurationException(
+                f"{step} returned a {type(out).__name__} of {len(out)} items "
+                f"({', '.join(type(o).__name__ for o in out)}); the default {end_name} reads a "
+                f"scalar, a dict of scalars or a (loss, dict) pair. Name the values: e.g. "
+                f"`return loss, {{'{metric}': acc}}`, or override {end_name} to collate the "
+                f"outputs yourself.")
         if not isinstance(out, dict):
             continue
         for key, value in out.items():
             if not _is_scalar(value):
+                if key == loss_key and isinstance(value, torch.Tensor):  # what is monitored
+                    step = end_name.replace('_end', '_step')
+                    raise MisconfigurationException(
+                        f"{step} returned {key!r} of shape {tuple(value.shape)} (a loss per "
+                        f"sample?); the default {end_name} averages scalars only, so it would "
+                        f"be dropped. Return a scalar: reduce it, e.g. `{key}.mean()`, or "
+                        f"override {end_name} to collate the outputs yourself.")
                 continue
             if isinstance(value, torch.Tensor):
                 value = value.detach().float()

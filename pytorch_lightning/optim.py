@@ -102,17 +102,51 @@ def normalize_optimizers(result):
     if isinstance(result, dict):
         return _from_dicts([result])
     if isinstance(result, (list, tuple)) and result and all(isinstance(r, dict) for r in result):
-        return _from_dicts(list(result))
+        configured = _from_dicts(list(result))
+        _check_distinct(configured.optimizers)
+        return configured
     optimizers, schedulers = _classic(result)
+    _check_distinct(optimizers)
     owners = {id(opt): i for i, opt in enumerate(optimizers)}
-    return Optimizers(optimizers, [_scheduler_config(s, owners.get(id(s.optimizer), 0), None)
+    for i, sched in enumerate(schedulers):
+        if id(sched.optimizer) not in owners:
+            _fail(f"LR scheduler {i} ({type(sched).__name__}) steps an optimizer that is not "
+                  f"among the optimizers returned, so it would change nothing that trains. "
+                  f"Build it on one of them: `{type(sched).__name__}(optimizer, ...)` with the "
+                  f"optimizer you return.")
+    return Optimizers(optimizers, [_scheduler_config(s, owners[id(s.optimizer)], None)
                                    for s in schedulers], None)
+
+
+def _check_distinct(optimizers):
+    """The same optimizer object twice would step its parameters twice per batch."""
+    seen = {}
+    for i, opt in enumerate(optimizers):
+        if id(opt) in seen:
+            raise MisconfigurationException(
+                f"configure_optimizers returned the same {type(opt).__name__} twice "
+                f"(optimizers {seen[id(opt)]} and {i}), so it would step twice per batch. "
+                f"Return each optimizer once.")
+        seen[id(opt)] = i
+
+
+def _kind(obj):
+    """What ``obj`` is, for a message: its type's name, or the class it is."""
+    if isinstance(obj, type):
+        return f"the class {obj.__name__}; build it: {obj.__name__}(optimizer, ...)"
+    return type(obj).__name__
 
 
 def _classic(result):
     """``(optimizers, schedulers)`` lists from the classic return forms."""
     if isinstance(result, torch.optim.Optimizer):
         return [result], []
+    if isinstance(result, (list, tuple)) and any(_is_scheduler(r) for r in result):
+        sched = next(r for r in result if _is_scheduler(r))
+        raise MisconfigurationException(
+            f"configure_optimizers returned an LR scheduler ({type(sched).__name__}) outside "
+            f"a list of schedulers ({type(result).__name__} of {len(result)} items). Return "
+            f"optimizers and schedulers as two lists: `return [optimizer], [scheduler]`.")
     if (isinstance(result, (list, tuple)) and len(result) == 2
             and isinstance(result[0], (list, tuple)) and isinstance(result[1], (list, tuple))):
         optimizers, schedulers = list(result[0]), list(result[1])
@@ -134,5 +168,5 @@ def _classic(result):
         if not _is_scheduler(sched):
             raise MisconfigurationException(
                 f"configure_optimizers: the second list must hold LR schedulers "
-                f"(torch.optim.lr_scheduler.*), got {type(sched).__name__}.")
+                f"(torch.optim.lr_scheduler.*), got {_kind(sched)}.")
     return optimizers, schedulers

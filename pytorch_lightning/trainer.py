@@ -128,7 +128,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         del args['self']
         checks.check_trainer_args(args)
         self._init_args = args  # what a spawned process builds its trainer from
-        self.default_save_path = os.fspath(default_save_path or os.getcwd())
+        self.default_save_path = os.path.expanduser(os.fspath(default_save_path or os.getcwd()))
         self.max_nb_epochs, self.min_nb_epochs = max_nb_epochs, min_nb_epochs
         if isinstance(val_check_interval, numbers.Integral):
             val_check_interval = int(val_check_interval)  # numpy ints count batches too
@@ -372,6 +372,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.optimizers, self._scheduler_configs = configured.optimizers, configured.schedulers
         self.lr_schedulers = [config['scheduler'] for config in self._scheduler_configs]
         self.optimizer_frequencies = configured.frequencies
+        checks.check_optimizer_parameters(self.optimizers, model)
         checks.check_optimizer_frequencies(configured.frequencies, self.accumulate_grad_batches)
         if len(self.state.optimizer_steps) != len(self.optimizers):
             self.state.optimizer_steps = [0] * len(self.optimizers)
@@ -402,6 +403,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                             for loader in self._val_loaders]
         self.nb_val_batches = _total(self._val_limits)
         self._val_every = self._validation_interval()
+        if not self._val_loaders:
+            checks.check_early_stopping_has_validation(self._active_callbacks, model)
         if not self._val_loaders and any(
                 isinstance(c['scheduler'], torch.optim.lr_scheduler.ReduceLROnPlateau)
                 and c['interval'] == 'epoch' for c in self._scheduler_configs):
@@ -427,6 +430,12 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         """Training batches between validation points (``None``: at epoch end only)."""
         if not self._val_loaders or self.nb_val_batches == 0:
             return 0
+        every, epochs = self.check_val_every_n_epoch, self.max_nb_epochs
+        if every > epochs and not self.fast_dev_run:
+            raise MisconfigurationException(
+                f"Trainer(check_val_every_n_epoch={every}, max_nb_epochs={epochs}): validation "
+                f"runs once every {every} epochs, so in {epochs} validation would never run. Use "
+                f"check_val_every_n_epoch <= {epochs}.")
         nb, vci = self.nb_training_batches, self.val_check_interval
         if isinstance(vci, int) and not isinstance(vci, bool):
             if nb is not None and vci > nb:
@@ -757,10 +766,16 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         try:
             out = self.device.run_step(self.module, 'training_step', batch, args,
                                        self.precision.autocast)
-            loss, prog, log = self._parse_training_output(out)
-            self._check_loss(loss, batch_idx, opt_i)
-            window = self._window
-            self._hooks.backward(loss / window if window > 1 else loss, optimizer)
+            try:
+                loss, prog, log = self._parse_training_output(out)
+                self._check_loss(loss, batch_idx, opt_i)
+                window = self._window
+                self._hooks.backward(loss / window if window > 1 else loss, optimizer)
+            except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+                # only the first batch's output is checked up front: a later one that
+                # cannot be used gets the check's message (and where), not torch's error
+                self._explain_training_output(out, batch_idx, opt_i, err)
+                raise
         finally:
             for param in frozen:
                 param.requires_grad_(True)
@@ -790,9 +805,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         if self.device.cheap_item:
             value = loss.item()
             if not math.isfinite(value):
-                where = f'at epoch {self.state.epoch}, batch {batch_idx}' + (
-                    f', optimizer {opt_i}' if len(self.optimizers) > 1 else '')
-                self._raise_nonfinite(value, where, stepped=False)
+                self._raise_nonfinite(value, f'at {self._batch_name(batch_idx, opt_i)}',
+                                      stepped=False)
             self._recent_losses.append(value)
             return
         loss = loss.detach().reshape(())  # a loss of shape (1,) sums with 0-dim ones (a view)
@@ -864,6 +878,22 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         for fn in self._hooks.hooks['on_before_zero_grad']:
             fn(optimizer)
         optimizer.zero_grad()
+
+    def _batch_name(self, batch_idx, opt_i):
+        """``'epoch 2, batch 5'``, with ``', optimizer 1'`` when there are several."""
+        return f'epoch {self.state.epoch}, batch {batch_idx}' + (
+            f', optimizer {opt_i}' if len(self.optimizers) > 1 else '')
+
+    def _explain_training_output(self, out, batch_idx, opt_i, err):
+        """Using a training step's output ``out`` raised ``err``: if ``out`` breaks the
+        contract, raise the first-output check's ``MisconfigurationException`` for it, naming
+        the batch, chained to ``err``. Otherwise return (the caller re-raises ``err``)."""
+        where = f' ({self._batch_name(batch_idx, opt_i)})'
+        try:
+            checks.check_training_output(out, where)
+            checks.check_backward_error(err, where)
+        except MisconfigurationException as bad:
+            raise bad from err
 
     def _parse_training_output(self, out):
         """``(loss, prog, log)`` from what training_step returned (fully checked on the

@@ -11,8 +11,9 @@ import os
 import torch
 from torch import nn
 
-from .data import find_loader_attr
+from .data import LOADER_NAMES, find_loader_attr
 from .exceptions import MisconfigurationException
+from .module import RootModule
 
 TRAINING_FORMS = ("  - a loss tensor: `return loss`\n"
                   "  - a (loss, dict) tuple: `return loss, {'train_loss': loss}` (dict: progress bar and log)\n"
@@ -41,6 +42,13 @@ def _fraction(name, value, allow_zero=False):
 def _flag(name, value):
     if not isinstance(value, bool):
         _fail(f"Trainer({name}={value!r}): expected True or False.")
+
+
+def _fail_if_class(what, value):
+    """A class passed where an instance is expected (``callbacks=[EarlyStopping]``)."""
+    if isinstance(value, type):
+        _fail(f"{what}: got the class {value.__name__}, not an instance. Pass an instance: "
+              f"`{value.__name__}(...)`.")
 
 
 def _check_world_args(args):
@@ -72,6 +80,8 @@ def _check_world_args(args):
 def check_trainer_args(args):
     """Validate the Trainer's constructor arguments (a dict of name -> value)."""
     exp = args['experiment']
+    for name in ('experiment', 'logger', 'checkpoint_callback', 'early_stop_callback'):
+        _fail_if_class(f'Trainer({name}=...)', args.get(name))
     if not (exp is None or exp is False or (hasattr(exp, 'log') and hasattr(exp, 'save'))):
         _fail(f"Trainer(experiment={exp!r}): expected None (a test-tube Experiment under "
               f"default_save_path/lightning_logs), False (no logging), or a "
@@ -155,10 +165,16 @@ def check_trainer_args(args):
     resume = args['resume_from_checkpoint']
     if resume is not None and not isinstance(resume, (str, os.PathLike)):
         _fail(f"Trainer(resume_from_checkpoint={resume!r}): expected the path of a .ckpt file.")
+    if resume is not None and os.path.isdir(resume):
+        _fail(f"Trainer(resume_from_checkpoint={os.fspath(resume)!r}): a folder, not a "
+              f"checkpoint file. Pass the file, e.g. "
+              f"{os.path.join(os.fspath(resume), 'last.ckpt')!r}.")
     if resume is not None and not os.path.isfile(resume):
         _fail(f"Trainer(resume_from_checkpoint={os.fspath(resume)!r}): no such file. Pass the "
               f"path of a checkpoint, e.g. <experiment folder>/checkpoints/last.ckpt.")
     for cb in cbs or ():
+        if isinstance(cb, type):
+            _fail_if_class(f"Trainer(callbacks=[..., {cb.__name__}, ...])", cb)
         if not isinstance(cb, Callback):
             _fail(f"Trainer(callbacks=[..., {type(cb).__name__}, ...]): every item must be a "
                   f"pytorch_lightning.callbacks.Callback instance. Subclass Callback and "
@@ -190,6 +206,9 @@ def _defines(module, name):
 def check_module(module):
     """Check the contract before anything runs: the methods ``fit`` needs are there and the
     validation pieces come in pairs."""
+    if isinstance(module, type):
+        _fail(f"fit(model): got the class {module.__name__}, not a model. Pass an instance: "
+              f"`fit({module.__name__}(...))`.")
     if not isinstance(module, nn.Module):
         _fail(f"fit(model): expected a RootModule (an nn.Module) instance, got "
               f"{type(module).__name__}. Subclass pytorch_lightning.RootModule.")
@@ -201,6 +220,11 @@ def check_module(module):
               f"the parts that do the work inside it, e.g. `self.net = "
               f"torch.compile(self.net)` in __init__.")
     name = type(module).__name__
+    if not isinstance(module, RootModule) and not _defines(module, 'training_step'):
+        _fail(f"fit(model): got {name}, a torch.nn.Module that is not a RootModule and has "
+              f"no training_step. Subclass pytorch_lightning.RootModule and define "
+              f"training_step, configure_optimizers and a training dataloader (wrap your "
+              f"network: `self.net = {name}(...)`).")
     if not _defines(module, 'training_step'):
         _fail(f"{name} has no training_step. Define `def training_step(self, data_batch, "
               f"batch_nb)` returning one of:\n{TRAINING_FORMS}")
@@ -208,17 +232,76 @@ def check_module(module):
         _fail(f"{name} has no configure_optimizers. Define it and return an optimizer, e.g. "
               f"`return torch.optim.Adam(self.parameters(), lr=1e-3)`.")
     if find_loader_attr(module, 'train') is None:
+        _fail_if_loader_on_instance(module, 'train')
         _fail(f"{name} has no training dataloader. Define `tng_dataloader` (or "
               f"`train_dataloader`) as a property or method returning a "
               f"torch.utils.data.DataLoader.")
+    check_parameters(module)
     has_step = _defines(module, 'validation_step')
     has_loader = find_loader_attr(module, 'val') is not None
     if has_step and not has_loader:
+        _fail_if_loader_on_instance(module, 'val')
         _fail(f"{name} defines validation_step but no val_dataloader. Add a `val_dataloader` "
               f"property returning a DataLoader, or remove validation_step.")
     if has_loader and not has_step:
         _fail(f"{name} defines val_dataloader but no validation_step. Add `def "
               f"validation_step(self, data_batch, batch_nb)`, or remove val_dataloader.")
+
+
+def check_parameters(module):
+    """The module has parameters, and no layer hides in a plain list, tuple or dict (an
+    attribute of the module): ``nn.Module`` registers only layers assigned directly or held
+    in ``nn.ModuleList``/``nn.ModuleDict``, so the optimizer, ``.to(device)``, ``state_dict()``
+    and checkpoints would not see the hidden one's parameters."""
+    name = type(module).__name__
+    registered = {id(p) for p in module.parameters()}
+    for attr, value in vars(module).items():
+        if attr.startswith('_') or not isinstance(value, (list, tuple, dict)):
+            continue
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(item, nn.Module) and any(id(p) not in registered
+                                                   for p in item.parameters()):
+                fix = 'nn.ModuleDict' if isinstance(value, dict) else 'nn.ModuleList'
+                _fail(f"{name}.{attr} is a {type(value).__name__} holding nn.Module objects "
+                      f"({type(item).__name__}), whose parameters are not registered: the "
+                      f"optimizer, .to(device), state_dict() and checkpoints do not see them. "
+                      f"Hold them in a {fix}: `self.{attr} = {fix}(...)`.")
+    if not registered:
+        _fail(f"{name} has no parameters, so there is nothing to train. Assign the layers in "
+              f"__init__, e.g. `self.layer = nn.Linear(32, 2)` (a plain tensor is not a "
+              f"parameter: wrap it in nn.Parameter).")
+
+
+def check_optimizer_parameters(optimizers, module):
+    """Each optimizer holds only parameters of the module (anything else is not saved in
+    checkpoints nor moved to the device), and at least one."""
+    own = {id(p) for p in module.parameters()}
+    name = type(module).__name__
+    for i, opt in enumerate(optimizers):
+        params = [p for group in opt.param_groups for p in group['params']]
+        foreign = [p for p in params if id(p) not in own]
+        if foreign and len(foreign) < len(params):
+            _fail(f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds "
+                  f"{len(foreign)} tensor(s) that are not parameters of {name} (shapes "
+                  f"{[tuple(p.shape) for p in foreign][:5]}): state_dict(), checkpoints and "
+                  f".to(device) leave them out. Register them in __init__: `self.scale = "
+                  f"nn.Parameter(torch.ones(...))`, or an attribute that is an nn.Module.")
+        if foreign:
+            _fail(f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds none of "
+                  f"{name}'s parameters, so training would change nothing in {name}. Build it "
+                  f"over the model's own parameters, e.g. "
+                  f"`torch.optim.{type(opt).__name__}(self.parameters(), lr=...)`.")
+
+
+def _fail_if_loader_on_instance(module, stage):
+    """A loader for ``stage`` assigned on the instance (``self.tng_dataloader = ...`` in
+    ``__init__``) is not found on the class, where the trainer looks."""
+    for attr in LOADER_NAMES[stage]:
+        if attr in vars(module):
+            _fail(f"{type(module).__name__}.{attr} is set on the instance (in __init__?), but "
+                  f"the trainer reads dataloaders from the class: define it in the class body, "
+                  f"as a `@property` (or a method) returning the DataLoader.")
 
 
 def check_test_contract(module):
@@ -231,48 +314,91 @@ def check_test_contract(module):
               f"batch_nb)` and a `test_dataloader` property returning a DataLoader.")
 
 
-def unsupported_output(out):
-    _fail(f"training_step returned {type(out).__name__} ({out!r:.80}). Return one of:\n"
+def unsupported_output(out, where=''):
+    _fail(f"training_step{where} returned {type(out).__name__} ({out!r:.80}). Return one of:\n"
           f"{TRAINING_FORMS}")
 
 
-def check_training_output(out):
-    """Full check of the first training step's return value."""
+def check_training_output(out, where=''):
+    """Full check of a training step's return value: the first batch's (per optimizer), and
+    a later batch's when using it failed (``where`` then says which batch, e.g. ``' (epoch 0,
+    batch 3)'``)."""
+    step = f'training_step{where}'
     if isinstance(out, (tuple, list)):
         if len(out) != 2 or not isinstance(out[1], dict):
-            _fail(f"training_step returned a {type(out).__name__} of length {len(out)} "
+            _fail(f"{step} returned a {type(out).__name__} of length {len(out)} "
                   f"({', '.join(type(o).__name__ for o in out)}); a tuple must be "
                   f"(loss, dict). Return one of:\n{TRAINING_FORMS}")
         loss = out[0]
     elif isinstance(out, dict):
         if 'loss' not in out:
-            _fail(f"training_step returned a dict without 'loss' (keys: {sorted(out)}). "
+            _fail(f"{step} returned a dict without 'loss' (keys: {sorted(out)}). "
                   f"Return one of:\n{TRAINING_FORMS}")
         for key in ('prog', 'progress_bar', 'log'):
             if key in out and not isinstance(out[key], dict):
-                _fail(f"training_step returned {{'{key}': {type(out[key]).__name__}}}; "
+                _fail(f"{step} returned {{'{key}': {type(out[key]).__name__}}}; "
                       f"'{key}' must be a dict of metric name -> value.")
         loss = out['loss']
     elif isinstance(out, (torch.Tensor, numbers.Number)):
         loss = out
     else:
-        unsupported_output(out)
+        unsupported_output(out, where)
+    check_loss(loss, where)
+
+
+def check_loss(loss, where=''):
+    """The loss a training step returned is a scalar tensor that requires grad."""
+    name = f"training_step's loss{where}"
     if not isinstance(loss, torch.Tensor):
-        _fail(f"training_step's loss is {type(loss).__name__} ({loss!r:.40}), not a tensor. "
+        _fail(f"{name} is {type(loss).__name__} ({loss!r:.40}), not a tensor. "
               f"Return the loss tensor your model computed (do not call .item() on it).")
     if loss.numel() != 1:
-        _fail(f"training_step's loss has shape {tuple(loss.shape)}; it must be a scalar. "
+        _fail(f"{name} has shape {tuple(loss.shape)}; it must be a scalar. "
               f"Reduce it, e.g. `loss = loss.mean()`.")
     if not loss.requires_grad:
-        _fail("training_step's loss does not require grad, so backward() cannot train "
+        _fail(f"{name} does not require grad, so backward() cannot train "
               "anything. Compute it from the model's outputs without torch.no_grad() or "
               ".detach(), and check that some parameters have requires_grad=True (freeze()?).")
+
+
+def check_backward_error(err, where=''):
+    """``err`` is torch's error for a second backward through a freed graph: the training
+    step already ran backward on its loss (a habit from hand-written loops)."""
+    if isinstance(err, RuntimeError) and 'backward through the graph a second time' in str(err):
+        _fail(f"training_step's loss{where} was already backpropagated: does training_step "
+              f"call loss.backward() (or optimizer.step())? The trainer runs backward and the "
+              f"optimizer step itself: remove those calls and return the loss (to change them, "
+              f"override backward or optimizer_step).")
 
 
 def check_eval_end_output(name, metrics):
     if not isinstance(metrics, dict):
         _fail(f"{name} returned {type(metrics).__name__}; return a dict of metric name -> "
               f"value, e.g. `return {{'val_loss': avg_loss}}`.")
+
+
+def check_monitored_metrics(callbacks, metrics):
+    """The sanity check's ``metrics`` hold what each ``ModelCheckpoint`` and ``EarlyStopping``
+    among ``callbacks`` monitors, as a number (see ``Monitor.check``): a wrong key or value
+    is reported before the first training batch instead of after the first epoch."""
+    from .callbacks.early_stopping import EarlyStopping
+    from .callbacks.model_checkpoint import ModelCheckpoint
+    for cb in callbacks:
+        if isinstance(cb, (ModelCheckpoint, EarlyStopping)):
+            cb.monitor.check(metrics)
+
+
+def check_early_stopping_has_validation(callbacks, module):
+    """An ``EarlyStopping`` the user configured on a model without validation would never
+    stop anything (the trainer's default one is off there, quietly)."""
+    from .callbacks.early_stopping import EarlyStopping
+    for cb in callbacks:
+        if isinstance(cb, EarlyStopping) and cb.monitor.required:
+            name = type(module).__name__
+            _fail(f"EarlyStopping(monitor={cb.monitor.key!r}) reads validation metrics, but "
+                  f"{name} has no validation (validation_step and val_dataloader), so it would "
+                  f"never stop training. Add validation, or remove it "
+                  f"(Trainer(early_stop_callback=False) for the default one).")
 
 
 def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hooks, module):

@@ -236,7 +236,7 @@ def test_resume_with_other_optimizers_is_refused(saved, quiet):
             return super().training_step(data_batch, batch_nb)
 
         def configure_optimizers(self):
-            return [torch.optim.SGD(self.parameters(), lr=0.1)] * 2
+            return [torch.optim.SGD(self.parameters(), lr=0.1) for _ in range(2)]
 
     with pytest.raises(CheckpointError, match='holds 1 optimizers, but configure_optimizers returned 2'):
         Trainer(**quiet(resume_from_checkpoint=saved)).fit(TwoOpt())

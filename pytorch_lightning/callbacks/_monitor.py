@@ -1,5 +1,8 @@
 """What ModelCheckpoint and EarlyStopping share: reading one metric and comparing it."""
 import math
+import numbers
+
+import torch
 
 from ..exceptions import MisconfigurationException
 from ..utilities import to_number
@@ -55,17 +58,46 @@ class Monitor:
         if self.key not in metrics:
             available = sorted(metrics)
             if self.required:
-                raise MisconfigurationException(
-                    f"{self.owner}(monitor={self.key!r}): validation_end returned no "
-                    f"{self.key!r}; available keys: {available}. Return it from validation_end "
-                    f"or pass monitor= one of those keys.")
+                self._raise_missing(metrics)
             self.disabled = True
             self._notice(f"{self.owner}: validation_end returned no {self.key!r} (keys: {available}), "
                    f"so the default {self.owner} {self.off_notice}. Pass {self.trainer_arg}="
                    f"{self.owner}(monitor=...) to the Trainer to use another metric.")
             return None
         self.resolve_mode()
-        return float(to_number(metrics[self.key]))
+        return self._number(metrics[self.key])
+
+    def check(self, metrics):
+        """Raise what ``read(metrics)`` would raise, changing nothing: the trainer calls it
+        with the sanity check's metrics, so a monitored key that is missing (when required)
+        or not a number is reported before the first training batch."""
+        if self.disabled:
+            return
+        if self.key in metrics:
+            self._number(metrics[self.key])
+        elif self.required:
+            self._raise_missing(metrics)
+
+    def _raise_missing(self, metrics):
+        raise MisconfigurationException(
+            f"{self.owner}(monitor={self.key!r}): validation_end returned no "
+            f"{self.key!r}; available keys: {sorted(metrics)}. Return it from validation_end "
+            f"or pass monitor= one of those keys.")
+
+    def _number(self, value):
+        """``value`` as a float; a ``MisconfigurationException`` when it is not a number or a
+        one-element tensor (a per-batch list, a vector, a string)."""
+        number = to_number(value)
+        if not isinstance(number, numbers.Real):
+            if isinstance(value, torch.Tensor):
+                received = f'a Tensor of shape {tuple(value.shape)}'
+            else:
+                received = f'{type(value).__name__} ({value!r:.60})'
+            raise MisconfigurationException(
+                f"{self.owner}(monitor={self.key!r}): validation_end returned {self.key!r} as "
+                f"{received}; a monitored metric must be a number or a one-element tensor. "
+                f"Reduce it in validation_end, e.g. `{self.key!r}: torch.stack(losses).mean()`.")
+        return float(number)
 
     def improved(self, value, best):
         if best is None:

@@ -1,4 +1,5 @@
 """Stop training when a validation metric stops improving."""
+from ..exceptions import MisconfigurationException
 from .base import Callback
 from ._monitor import Monitor
 
@@ -9,6 +10,10 @@ class EarlyStopping(Callback):
     ``trainer.state.should_stop`` (the trainer still runs ``min_nb_epochs`` epochs)."""
 
     def __init__(self, monitor='val_loss', min_delta=0.0, patience=3, mode='auto'):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise MisconfigurationException(
+                f"EarlyStopping(patience={patience!r}): expected an int >= 0, the validation "
+                f"runs without improvement after which training stops.")
         self.monitor = Monitor('EarlyStopping', monitor, mode, min_delta,
                                trainer_arg='early_stop_callback', off_notice='is off')
         self.patience = patience

@@ -42,7 +42,7 @@ class ModelCheckpoint(Callback):
                                           or not isinstance(every_n_steps, int) or every_n_steps < 1):
             raise MisconfigurationException(
                 f"ModelCheckpoint(every_n_steps={every_n_steps!r}): expected None or an int >= 1.")
-        self.filepath = None if filepath is None else os.fspath(filepath)
+        self.filepath = None if filepath is None else os.path.expanduser(os.fspath(filepath))
         self._default_folder = filepath is None
         self.monitor = Monitor('ModelCheckpoint', monitor, mode, trainer_arg='checkpoint_callback',
                                off_notice='keeps no best checkpoint (last.ckpt is still written)')
