@@ -19,6 +19,7 @@ import os, sys, time
 from pytorch_lightning.utilities.parent import watch_parent
 started = watch_parent(os.getppid(), lambda: open({marker!r}, 'w').close(), interval_s=0.1)
 assert started and not watch_parent(os.getppid(), print)  # one watcher per parent
+open({marker!r} + '.ready', 'w').close()
 time.sleep(60)
 '''
 
@@ -30,7 +31,12 @@ def test_a_child_notices_its_parent_is_killed(tmp_path):
         stdout=subprocess.PIPE, text=True)
     child_pid = int(middle.stdout.readline())
     try:
-        time.sleep(1.0)  # the child's watcher is running
+        # the child's watcher is running (importing torch can take seconds on a busy machine)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(marker + '.ready') and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(marker + '.ready')
+        time.sleep(0.3)
         assert not os.path.exists(marker)  # the parent is alive: nothing happens
         middle.kill()
         middle.wait(timeout=10)
