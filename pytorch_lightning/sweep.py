@@ -459,8 +459,9 @@ def _mode(metric, mode):
 def trials_table(exp_dir, metric='val_loss', mode='auto'):
     """The sweep's table, read from the experiment folder: a pandas DataFrame, one row per
     trial of ``trials.json``. Columns: ``version``; one per tuned hyperparameter; ``status``
-    (see ``trial_status``); ``<metric>_best`` and ``<metric>_final`` (best by ``mode`` and
-    last logged value of ``metric`` in metrics.csv); ``epochs``; ``wall_s`` (seconds the
+    (see ``trial_status``); ``<metric>_best`` and ``<metric>_final`` (best by ``mode``,
+    NaN values ignored, and the last value of ``metric`` logged in metrics.csv, NaN when that
+    was NaN, as ``notebook.runs``' ``<metric>_last``); ``epochs``; ``wall_s`` (seconds the
     trial's processes ran, over all its runs); ``best_checkpoint``; ``error`` (failed trials:
     the exception their output ends with); ``log_dir``. Sorted: finished trials first, each
     group by ``<metric>_best`` (best first, missing values last), then by version."""
@@ -484,9 +485,10 @@ def trials_table(exp_dir, metric='val_loss', mode='auto'):
         status = trial_status(read_run_status(log_dir), log)
         values = _metric_values(log_dir, metric)
         best = (min(values) if mode == 'min' else max(values)) if values else math.nan
+        final = run.get(f'{metric}_last')  # the last value logged, NaN included
         epochs = run.get('epochs')
         rows.append({'version': version, **trial['hparams'], 'status': status,
-                     best_col: best, final_col: values[-1] if values else math.nan,
+                     best_col: best, final_col: math.nan if final is None else float(final),
                      'epochs': None if epochs is None or epochs != epochs else int(epochs),
                      'wall_s': None if log.wall_s is None else round(log.wall_s, 1),
                      'best_checkpoint': run.get('best_checkpoint'),
