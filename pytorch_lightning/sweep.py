@@ -775,16 +775,19 @@ class SlurmOptions:
 
 
 def slurm_script(exp_dir, spec, trial, options):
-    """The text of trial ``trial``'s sbatch script: ``#SBATCH`` lines for the options, the
-    trial's output appended to its ``trial.log``, ``--signal=USR1@<grace>`` (sent to the job
+    """The text of trial ``trial``'s sbatch script: ``#SBATCH`` lines for the options (the job
+    name and the log path shell-quoted when they hold spaces), the trial's output appended to
+    its ``trial.log``, ``--signal=USR1@<grace>`` (sent to the job
     steps, where the library checkpoints and requeues), modules and conda environment, then
     ``srun -K`` running the trial's exact command line, between the ``[sweep] start`` and
     ``[sweep] exit`` lines ``trials_table`` reads."""
     version = trial['version']
     name = os.path.basename(os.path.normpath(exp_dir))
+    # sbatch splits #SBATCH lines into words as a shell would (quotes group, # comments):
+    # the paths are quoted so a folder name with spaces stays one word
     lines = ['#!/bin/bash',
-             f'#SBATCH --job-name={name}-v{version}',
-             f'#SBATCH --output={trial_log(exp_dir, version)}',
+             f'#SBATCH --job-name={shlex.quote(f"{name}-v{version}")}',
+             f'#SBATCH --output={shlex.quote(trial_log(exp_dir, version))}',
              '#SBATCH --open-mode=append',
              f'#SBATCH --nodes={options.nodes}',
              f'#SBATCH --ntasks-per-node={options.ntasks_per_node}']

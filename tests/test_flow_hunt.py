@@ -1,0 +1,112 @@
+"""The research workflow as researchers drive it: sweeps whose tunable arguments have a short
+and a long flag, the table of trials whose metric went NaN, SLURM scripts for an experiment
+folder whose path has spaces, and the notebook table of a folder holding stray files."""
+import json
+import shlex
+
+from test_tube import HyperOptArgumentParser
+
+from pytorch_lightning import notebook, sweep
+
+
+def two_flag_parser():
+    """A parser whose learning rate is tunable under two flags (``-lr`` and
+    ``--learning_rate``), as many research scripts declare it."""
+    parser = HyperOptArgumentParser(strategy='grid_search')
+    parser.add_argument('--version', type=int, default=None)
+    parser.opt_list('-lr', '--learning_rate', type=float, default=0.1, options=[0.1, 0.01],
+                    tunable=True)
+    parser.opt_list('--width', type=int, default=8, options=[8, 16], tunable=True)
+    sweep.add_sweep_args(parser)
+    parser.parse_args([])
+    return parser
+
+
+def test_a_tunable_argument_with_two_flags_is_swept_once():
+    """test-tube lists an ``opt_list`` once per flag; each argument is one axis of the grid,
+    so the grid has 2 x 2 points, each once, and a random search draws distinct points."""
+    parser = two_flag_parser()
+    assert sweep.tunable_names(parser) == ['learning_rate', 'width']
+    grid = sweep.make_trials(parser, 'grid')
+    assert grid == [{'learning_rate': 0.1, 'width': 8}, {'learning_rate': 0.1, 'width': 16},
+                    {'learning_rate': 0.01, 'width': 8}, {'learning_rate': 0.01, 'width': 16}]
+    assert sweep.make_trials(parser, 'grid', nb_trials=3) == grid[:3]
+    drawn = sweep.make_trials(parser, 'random', nb_trials=4)
+    assert sorted(map(repr, drawn)) == sorted(map(repr, grid))
+
+
+def test_a_tunable_argument_with_its_own_dest_is_swept():
+    parser = HyperOptArgumentParser(strategy='grid_search')
+    parser.opt_list('--learning_rate', dest='lr', type=float, default=0.1, options=[0.1, 0.01],
+                    tunable=True)
+    parser.parse_args([])
+    assert sweep.tunable_names(parser) == ['lr']
+    assert sweep.make_trials(parser, 'grid') == [{'lr': 0.1}, {'lr': 0.01}]
+
+
+# ------------------------------------------------------------------------------ the table
+def write_sweep(exp_dir, versions):
+    spec = {'script': 'train.py', 'cwd': str(exp_dir), 'search': 'grid', 'cluster': 'local',
+            'gpus': None, 'workers': 1, 'slurm': None,
+            'trials': [{'version': v, 'hparams': {'lr': 10.0 ** -v}, 'args': []}
+                       for v in versions]}
+    sweep.write_trials(str(exp_dir), spec)
+
+
+def write_trial(exp_dir, version, val_losses, code=0, status='finished'):
+    folder = exp_dir / f'version_{version}'
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ''.join(f'{i},{i},{loss}\n' for i, loss in enumerate(val_losses))
+    (folder / 'metrics.csv').write_text('epoch,step,val_loss\n' + rows)
+    (folder / 'trial.log').write_text(f'[sweep] start version={version}\n'
+                                      f'[sweep] exit code={code} wall_s=1.0\n')
+    (folder / 'run_status.json').write_text(json.dumps({'status': status}))
+
+
+def test_final_value_is_the_last_one_logged_even_when_it_is_nan(tmp_path):
+    """A trial whose validation loss went NaN at its last epoch: its final value is NaN (as
+    ``notebook.runs`` says), not the value before it diverged; its best ignores the NaN."""
+    exp_dir = tmp_path / 'exp'
+    write_sweep(exp_dir, [0, 1])
+    write_trial(exp_dir, 0, [0.5, 0.3])
+    write_trial(exp_dir, 1, [0.4, 0.2, 'nan'])
+    table = sweep.trials_table(exp_dir).set_index('version')
+    assert table.loc[1, 'val_loss_best'] == 0.2
+    assert table.loc[1, 'val_loss_final'] != table.loc[1, 'val_loss_final']  # NaN
+    assert table.loc[0, 'val_loss_final'] == 0.3
+    runs = notebook.runs(tmp_path, 'exp').set_index('version')
+    assert runs.loc[1, 'val_loss_last'] != runs.loc[1, 'val_loss_last']
+
+
+# ------------------------------------------------------------------------------ notebook
+def test_runs_skips_a_stray_file_named_like_a_version(tmp_path):
+    exp_dir = tmp_path / 'exp'
+    write_trial(exp_dir, 0, [0.5])
+    (exp_dir / 'version_1').write_text('not a run')  # e.g. a note or a listing saved there
+    runs = notebook.runs(tmp_path, 'exp')
+    assert list(runs['version']) == [0]
+
+
+# ------------------------------------------------------------------------------ SLURM
+def sbatch_options(text):
+    """The options sbatch reads from a script's ``#SBATCH`` lines: each line split into
+    words the way sbatch splits it (whitespace separates, quotes group, ``#`` starts a
+    comment)."""
+    options = []
+    for line in text.splitlines():
+        if line.startswith('#SBATCH'):
+            options += shlex.split(line[len('#SBATCH'):], comments=True)
+    return options
+
+
+def test_sbatch_lines_survive_an_experiment_path_with_spaces(tmp_path):
+    exp_dir = tmp_path / 'my runs' / 'lr sweep'
+    options = sweep.SlurmOptions(partition='gpu', time='1-00:00:00', gpus=4, nodes=2,
+                                 ntasks_per_node=4, mem='64G')
+    text = sweep.slurm_script(str(exp_dir), {'script': str(tmp_path / 'train.py'),
+                                             'cwd': str(tmp_path)},
+                              {'version': 3, 'args': ['--name=a b']}, options)
+    assert sbatch_options(text) == [
+        '--job-name=lr sweep-v3', f"--output={exp_dir / 'version_3' / 'trial.log'}",
+        '--open-mode=append', '--nodes=2', '--ntasks-per-node=4', '--partition=gpu',
+        '--time=1-00:00:00', '--mem=64G', '--gres=gpu:4', '--signal=USR1@90', '--requeue']
