@@ -2,11 +2,15 @@
 and a long flag, the table of trials whose metric went NaN, SLURM scripts for an experiment
 folder whose path has spaces, and the notebook table of a folder holding stray files."""
 import json
+import os
 import shlex
+import signal
 
+import pytest
 from test_tube import HyperOptArgumentParser
 
 from pytorch_lightning import notebook, sweep
+from pytorch_lightning.utilities import slurm
 
 
 def two_flag_parser():
@@ -110,3 +114,21 @@ def test_sbatch_lines_survive_an_experiment_path_with_spaces(tmp_path):
         '--job-name=lr sweep-v3', f"--output={exp_dir / 'version_3' / 'trial.log'}",
         '--open-mode=append', '--nodes=2', '--ntasks-per-node=4', '--partition=gpu',
         '--time=1-00:00:00', '--mem=64G', '--gres=gpu:4', '--signal=USR1@90', '--requeue']
+
+
+def test_requeue_does_not_wait_forever_for_scontrol(tmp_path, monkeypatch):
+    """A preempted job whose ``scontrol`` hangs (slurmctld not answering) gets an error that
+    says the HPC checkpoint is there, instead of waiting until SLURM kills it."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    scontrol = bin_dir / 'scontrol'
+    scontrol.write_text('#!/bin/sh\nsleep 5\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv('PATH', f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, 'SCONTROL_TIMEOUT_S', 0.5, raising=False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(RuntimeError, match='scontrol requeue 42.*did not answer.*resubmit'):
+            slurm.requeue('42')
+    finally:
+        signal.signal(signal.SIGTERM, previous)
