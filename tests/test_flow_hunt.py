@@ -1,15 +1,19 @@
 """The research workflow as researchers drive it: sweeps whose tunable arguments have a short
 and a long flag, the table of trials whose metric went NaN, SLURM scripts for an experiment
 folder whose path has spaces, and the notebook table of a folder holding stray files."""
+import argparse
 import json
 import os
+import random
 import shlex
 import signal
 
 import pytest
 from test_tube import HyperOptArgumentParser
 
-from pytorch_lightning import notebook, sweep
+from models import TinyModel
+from pytorch_lightning import Trainer, notebook, sweep
+from pytorch_lightning.loggers import TestTubeLogger
 from pytorch_lightning.utilities import slurm
 
 
@@ -37,6 +41,19 @@ def test_a_tunable_argument_with_two_flags_is_swept_once():
     assert sweep.make_trials(parser, 'grid', nb_trials=3) == grid[:3]
     drawn = sweep.make_trials(parser, 'random', nb_trials=4)
     assert sorted(map(repr, drawn)) == sorted(map(repr, grid))
+
+
+def test_random_search_is_reproducible_with_a_seed_and_capped_at_the_grid():
+    """Documented: random draws distinct points with Python's ``random`` (so ``random.seed``
+    makes them reproducible), all of them when the grid has fewer than ``--nb_trials``."""
+    parser = two_flag_parser()
+    random.seed(7)
+    first = sweep.make_trials(parser, 'random', nb_trials=3)
+    random.seed(7)
+    assert sweep.make_trials(parser, 'random', nb_trials=3) == first
+    assert len({repr(t) for t in first}) == 3
+    assert len(sweep.make_trials(parser, 'random', nb_trials=10)) == 4
+    assert len(sweep.make_trials(parser, 'grid', nb_trials=10)) == 4
 
 
 def test_a_tunable_argument_with_its_own_dest_is_swept():
@@ -132,3 +149,40 @@ def test_requeue_does_not_wait_forever_for_scontrol(tmp_path, monkeypatch):
             slurm.requeue('42')
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------------------ hparams
+def test_hparams_of_a_test_tube_parser_come_back_with_their_types(tmp_path):
+    """The namespace a HyperOptArgumentParser returns (flags, a 'False' string, None, text
+    with commas, quotes and a line break, a drawn opt_range value), logged by a fit: the
+    checkpoint, ``load_from_metrics`` and ``notebook.runs`` give back the same values with
+    the same types (test-tube's methods on the namespace are left out)."""
+    parser = HyperOptArgumentParser(strategy='grid_search')
+    parser.add_argument('--version', type=int, default=None)
+    parser.add_argument('--flag', action='store_true')
+    parser.add_argument('--off', action='store_false')
+    parser.add_argument('--note', default='a,b "c"\nd')
+    parser.add_argument('--answer', default='False')
+    parser.add_argument('--missing', default=None)
+    parser.opt_list('--width', type=int, default=8, options=[8, 16], tunable=True)
+    parser.opt_range('--decay', type=float, default=1e-4, low=1e-5, high=1e-3, nb_samples=2,
+                     log_base=10, tunable=True)
+    hparams = parser.parse_args(['--version', '0', '--flag', '--width', '16'])
+    hparams.decay = sweep.make_trials(parser, 'grid')[-1]['decay']  # a drawn value
+    expected = {k: v for k, v in vars(hparams).items() if not callable(v)}
+    assert expected['width'] == 16 and expected['off'] is True and expected['missing'] is None
+
+    logger = TestTubeLogger(tmp_path, 'exp', version=0)
+    Trainer(logger=logger, default_save_path=str(tmp_path), progress_bar=False,
+            print_weights_summary=False, max_nb_epochs=1).fit(TinyModel(hparams))
+    folder = tmp_path / 'exp' / 'version_0'
+    loaded = [TinyModel.load_from_checkpoint(folder / 'checkpoints' / 'last.ckpt').hparams,
+              TinyModel.load_from_metrics(folder / 'checkpoints' / 'last.ckpt',
+                                          folder / 'meta_tags.csv').hparams]
+    for back in loaded:
+        assert isinstance(back, argparse.Namespace)
+        assert vars(back) == expected
+        assert {k: type(v) for k, v in vars(back).items()} == \
+            {k: type(v) for k, v in expected.items()}
+    row = notebook.runs(tmp_path, 'exp').iloc[0]
+    assert {k: row['hparam_version' if k == 'version' else k] for k in expected} == expected
