@@ -991,18 +991,21 @@ def _new_sweep(parser, hparams, script, exp_dir, out):
             f"another experiment name or --save_path for a new one.")
     gpus, slurm = None, None
     base = {k: v for k, v in vars(hparams).items() if k not in SWEEP_DESTS}
-    has_gpus = any(a.dest == 'gpus' for a in parser._actions)
+    gpus_action = next((a for a in parser._actions if a.dest == 'gpus'), None)
+    # a trial's GPU count, as the script's --gpus parses it (a string, or an int with type=int)
+    as_gpus = gpus_action.type if gpus_action is not None and callable(gpus_action.type) \
+        else str
     if cluster == 'slurm':
         options = SlurmOptions.from_hparams(hparams)
         options.check()
         _sbatch()  # before anything is written
         slurm = vars(options)
-        if has_gpus:
-            base['gpus'] = str(options.gpus) if options.gpus else None
-    elif has_gpus and hparams.gpus is not None:
+        if gpus_action is not None:
+            base['gpus'] = as_gpus(str(options.gpus)) if options.gpus else None
+    elif gpus_action is not None and hparams.gpus is not None:
         gpus = gpu_ids(hparams.gpus)
         if gpus is not None:
-            base['gpus'] = '1'  # each trial sees exactly one GPU: its own
+            base['gpus'] = as_gpus('1')  # each trial sees exactly one GPU: its own
     spec = {'script': os.path.abspath(script), 'cwd': os.getcwd(), 'search': hparams.search,
             'cluster': cluster, 'gpus': gpus, 'workers': hparams.workers, 'slurm': slurm,
             'trial_time_s': time_limit_s,

@@ -2,6 +2,7 @@
 and a long flag, the table of trials whose metric went NaN, SLURM scripts for an experiment
 folder whose path has spaces, and the notebook table of a folder holding stray files."""
 import argparse
+import io
 import json
 import os
 import random
@@ -186,3 +187,36 @@ def test_hparams_of_a_test_tube_parser_come_back_with_their_types(tmp_path):
             {k: type(v) for k, v in expected.items()}
     row = notebook.runs(tmp_path, 'exp').iloc[0]
     assert {k: row['hparam_version' if k == 'version' else k] for k in expected} == expected
+
+
+# ------------------------------------------------------------------------------ GPUs
+def int_gpus_parser():
+    """A script whose ``--gpus`` is an int count (the Trainer takes ints too)."""
+    parser = HyperOptArgumentParser(strategy='grid_search')
+    parser.add_argument('--version', type=int, default=None)
+    parser.add_argument('--gpus', type=int, default=None)
+    parser.opt_list('--lr', type=float, default=0.1, options=[0.1, 0.01], tunable=True)
+    return sweep.add_sweep_args(parser)
+
+
+def test_a_gpu_sweep_works_with_an_int_gpus_argument(tmp_path, monkeypatch):
+    """Local: each trial's ``--gpus`` is one GPU; SLURM: ``--slurm_gpus``. Both are written so
+    that an ``int`` ``--gpus`` parses them back (the sweep used to refuse the argument)."""
+    monkeypatch.setattr(sweep, 'gpu_ids', lambda gpus: ['0', '1'])
+    monkeypatch.setattr(sweep, 'run_local', lambda *args, **kwargs: False)
+    parser = int_gpus_parser()
+    hparams = parser.parse_args(['--search', 'grid', '--gpus', '2'])
+    sweep.run_sweep(parser, hparams, 'train.py', tmp_path / 'local', out=io.StringIO())
+    spec = sweep.read_trials(tmp_path / 'local')
+    assert [parser.parse_args(t['args']).gpus for t in spec['trials']] == [1, 1]
+
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'sbatch').write_text('#!/bin/sh\necho 1001\n')
+    (bin_dir / 'sbatch').chmod(0o755)
+    monkeypatch.setenv('PATH', f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    parser = int_gpus_parser()
+    hparams = parser.parse_args(['--search', 'grid', '--cluster', 'slurm', '--slurm_gpus', '2'])
+    sweep.run_sweep(parser, hparams, 'train.py', tmp_path / 'slurm', out=io.StringIO())
+    spec = sweep.read_trials(tmp_path / 'slurm')
+    assert [parser.parse_args(t['args']).gpus for t in spec['trials']] == [2, 2]
