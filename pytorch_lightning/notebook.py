@@ -181,7 +181,7 @@ def _summary(log_dir):
 
 def runs(save_path, name='lightning_logs'):
     """A pandas DataFrame with one row per ``<save_path>/<name>/version_<n>`` folder, sorted by
-    version. Columns:
+    version (a file with such a name is no run and is left out). Columns:
 
     - ``version`` (int) and ``log_dir`` (the version folder);
     - one column per hyperparameter (from ``hparams.json``, else ``meta_tags.csv``; a name that
@@ -202,7 +202,8 @@ def runs(save_path, name='lightning_logs'):
     versions = []
     if os.path.isdir(root):
         versions = sorted(int(d[len('version_'):]) for d in os.listdir(root)
-                          if d.startswith('version_') and d[len('version_'):].isdigit())
+                          if d.startswith('version_') and d[len('version_'):].isdigit()
+                          and os.path.isdir(os.path.join(root, d)))
     records = []
     for version in versions:
         log_dir = os.path.join(root, f'version_{version}')

@@ -33,11 +33,22 @@ class PreemptionSignal:
             self._previous = None
 
 
+#: Longest wait for ``scontrol requeue`` to answer (a busy slurmctld answers in seconds).
+SCONTROL_TIMEOUT_S = 120.0
+
+
 def requeue(job_id):
     """Ask SLURM to requeue ``job_id``; SIGTERM (sent by the requeue) is ignored from here
-    on so the process can finish writing and exit by itself."""
+    on so the process can finish writing and exit by itself. ``scontrol`` gets
+    ``SCONTROL_TIMEOUT_S`` seconds to answer; a failure or no answer raises ``RuntimeError``."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    result = subprocess.run(['scontrol', 'requeue', str(job_id)], capture_output=True, text=True)
+    try:
+        result = subprocess.run(['scontrol', 'requeue', str(job_id)], capture_output=True,
+                                text=True, timeout=SCONTROL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"`scontrol requeue {job_id}` did not answer within {SCONTROL_TIMEOUT_S:.0f} s. The "
+            f"HPC checkpoint was written; resubmit the job to continue from it.") from None
     if result.returncode != 0:
         raise RuntimeError(
             f"`scontrol requeue {job_id}` failed (exit {result.returncode}): "
