@@ -156,6 +156,20 @@ def load(path):
     return checkpoint
 
 
+def batches_done(path):
+    """The training batches done that the checkpoint at ``path`` records (its trainer state's
+    ``total_batches``), or ``None`` when the file cannot be read or is not a pytorch_lightning
+    checkpoint. Cheap for any model size: the file is memory-mapped, so only its small
+    pickled part is read, never the tensors."""
+    try:
+        checkpoint = torch.load(os.fspath(path), map_location='cpu', weights_only=False,
+                                mmap=True)
+        return checkpoint[KEY]['trainer_state']['total_batches']
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            OSError, KeyError, TypeError):
+        return None
+
+
 def load_weights(path):
     """A checkpoint (``load``), or else a ``torch.save`` file holding ``{'state_dict': ...}``
     (given an empty ``'lightning'`` section: no saved class, no hparams)."""
