@@ -19,7 +19,7 @@ import torch
 
 from .exceptions import CheckpointError  # noqa: F401  (re-exported for callers)
 from .hparams import hparams_from_typed, typed_hparams
-from .utilities import pid_alive
+from .utilities import durable_replace, pid_alive
 from .utilities._version import __version__
 
 KEY = 'lightning'
@@ -83,17 +83,7 @@ def wait_for_saves():
 
 def _finish(tmp, path, then):
     folder = os.path.dirname(path)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    durable_replace(tmp, path)
     pattern = glob.escape('.' + os.path.basename(path)) + '.*.tmp'
     for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
         pid = stale[:-len('.tmp')].split('.')[-2]
