@@ -1,13 +1,12 @@
 """Small gaps found by the bug hunts: each test failed before its fix."""
 import os
 import re
-import signal
 
 import pytest
 import torch
 from torch import nn
 
-from pytorch_lightning import MisconfigurationException, Trainer, checkpoint_io
+from pytorch_lightning import MisconfigurationException, Trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.transfer import move_to_device
 
