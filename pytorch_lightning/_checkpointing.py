@@ -172,14 +172,15 @@ class CheckpointingMixin:
 
     def _checkpoint_to_restore(self):
         """``(path, requeued)`` of the checkpoint this fit continues from:
-        ``resume_from_checkpoint``, else the newest HPC checkpoint of a requeued SLURM job
-        (``requeued`` is then ``True``), else an unfinished run's; ``None`` when none."""
+        ``resume_from_checkpoint``, else, for a requeued SLURM job, its newest HPC checkpoint
+        or the run's ``last.ckpt`` if that one is further along (``_further_than_hpc``), else
+        an unfinished run's; ``None`` when none."""
         path = self.resume_from_checkpoint
         if path is None and slurm_job_id() is not None and (
                 self.logger is None or getattr(self.logger, '_version', 0) is not None):
             hpc = self._hpc_checkpoints()  # a requeued SLURM job continues where it stopped
             if hpc:
-                return hpc[-1], True
+                return self._further_than_hpc(hpc[-1])
         if path is None:
             path = self.unfinished_run_checkpoint()
             if path is not None:
@@ -188,6 +189,20 @@ class CheckpointingMixin:
             elif self._run_unfinished():
                 self._restart_unfinished_run()
         return None if path is None else (path, False)
+
+    def _further_than_hpc(self, hpc):
+        """``(path, requeued)`` for a requeued SLURM job whose newest HPC checkpoint is
+        ``hpc``: that file, unless a ``last.ckpt`` (``{prefix}last.ckpt``) in the same folder
+        records more training batches done (the job was requeued after a node failure, with
+        no preemption to write a newer HPC checkpoint); ``requeued`` is ``True`` for the HPC
+        file (its ``on_hpc_load`` runs)."""
+        best, most = (hpc, True), checkpoint_io.batches_done(hpc)
+        folder = glob.escape(os.path.dirname(hpc))
+        for path in sorted(glob.glob(os.path.join(folder, '*last.ckpt'))):
+            done = checkpoint_io.batches_done(path)
+            if done is not None and (most is None or done > most):
+                best, most = (path, False), done
+        return best
 
     def _run_unfinished(self):
         """Whether this trainer logs into a version given by the user whose last run did not
@@ -219,11 +234,8 @@ class CheckpointingMixin:
         folder = self.default_checkpoint_dir()
         newest, most = None, -1
         for path in glob.glob(os.path.join(glob.escape(folder), '*.ckpt')):
-            try:
-                done = checkpoint_io.load(path)['lightning']['trainer_state']['total_batches']
-            except (checkpoint_io.CheckpointError, KeyError):
-                continue  # a torn or foreign file: the others may do
-            if done > most:
+            done = checkpoint_io.batches_done(path)  # None: a torn or foreign file
+            if done is not None and done > most:
                 newest, most = path, done
         return newest
 

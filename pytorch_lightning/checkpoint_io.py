@@ -19,7 +19,7 @@ import torch
 
 from .exceptions import CheckpointError  # noqa: F401  (re-exported for callers)
 from .hparams import hparams_from_typed, typed_hparams
-from .utilities import pid_alive
+from .utilities import durable_replace, pid_alive
 from .utilities._version import __version__
 
 KEY = 'lightning'
@@ -83,17 +83,7 @@ def wait_for_saves():
 
 def _finish(tmp, path, then):
     folder = os.path.dirname(path)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    durable_replace(tmp, path)
     pattern = glob.escape('.' + os.path.basename(path)) + '.*.tmp'
     for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
         pid = stale[:-len('.tmp')].split('.')[-2]
@@ -154,6 +144,20 @@ def load(path):
             f"{KEY!r} section; found {keys}). Load plain weights with "
             f"model.load_state_dict(torch.load(path)).")
     return checkpoint
+
+
+def batches_done(path):
+    """The training batches done that the checkpoint at ``path`` records (its trainer state's
+    ``total_batches``), or ``None`` when the file cannot be read or is not a pytorch_lightning
+    checkpoint. Cheap for any model size: the file is memory-mapped, so only its small
+    pickled part is read, never the tensors."""
+    try:
+        checkpoint = torch.load(os.fspath(path), map_location='cpu', weights_only=False,
+                                mmap=True)
+        return checkpoint[KEY]['trainer_state']['total_batches']
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            OSError, KeyError, TypeError):
+        return None
 
 
 def load_weights(path):

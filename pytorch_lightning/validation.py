@@ -401,6 +401,15 @@ def check_early_stopping_has_validation(callbacks, module):
                   f"(Trainer(early_stop_callback=False) for the default one).")
 
 
+def accumulates(accumulate_grad_batches):
+    """Whether the ``accumulate_grad_batches`` schedule accumulates in some epoch: an int
+    above 1, or a dict with a factor above 1 (epochs before its first key use 1, so
+    ``{0: 1}`` or ``{3: 1}`` never accumulate)."""
+    if isinstance(accumulate_grad_batches, dict):
+        return any(factor != 1 for factor in accumulate_grad_batches.values())
+    return accumulate_grad_batches != 1
+
+
 def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hooks, module):
     """LBFGS (an optimizer whose step re-evaluates the loss several times) needs the closure
     on every step: no accumulation, no float16 scaler, and an ``optimizer_step`` override must
@@ -409,7 +418,7 @@ def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hoo
         if not isinstance(opt, torch.optim.LBFGS):
             continue
         name = f"configure_optimizers returned LBFGS (optimizer {i})"
-        if accumulate_grad_batches != 1:
+        if accumulates(accumulate_grad_batches):
             _fail(f"{name} with Trainer(accumulate_grad_batches={accumulate_grad_batches!r}): "
                   f"LBFGS re-evaluates the loss inside its step, which cannot span several "
                   f"batches. Use accumulate_grad_batches=1 or another optimizer.")
@@ -425,7 +434,7 @@ def check_closure_optimizers(optimizers, accumulate_grad_batches, precision, hoo
 
 def check_optimizer_frequencies(frequencies, accumulate_grad_batches):
     """Optimizers that take turns by batch cannot accumulate over several batches."""
-    if frequencies is not None and accumulate_grad_batches != 1:
+    if frequencies is not None and accumulates(accumulate_grad_batches):
         _fail(f"configure_optimizers gave optimizer frequencies {frequencies} (optimizers take "
               f"turns by training batch) and Trainer(accumulate_grad_batches="
               f"{accumulate_grad_batches!r}) accumulates over batches; the two cannot be "
@@ -440,7 +449,7 @@ def check_tbptt(steps, accumulate_grad_batches, module, nb_optimizers):
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         _fail(f"Trainer(truncated_bptt_steps={steps!r}): expected None or an int >= 1 (time "
               f"steps per split).")
-    if accumulate_grad_batches != 1:
+    if accumulates(accumulate_grad_batches):
         _fail(f"Trainer(truncated_bptt_steps={steps}, accumulate_grad_batches="
               f"{accumulate_grad_batches!r}): each split is one optimizer step, so gradients "
               f"cannot also be accumulated over batches. Use accumulate_grad_batches=1.")

@@ -5,6 +5,7 @@ import shutil
 import tempfile
 
 from ..exceptions import MisconfigurationException
+from ..utilities import durable_replace
 from .base import Callback
 from ._monitor import Monitor
 
@@ -113,14 +114,15 @@ class ModelCheckpoint(Callback):
         def link():
             try:
                 os.link(source, target)  # last.ckpt is later replaced, never rewritten in place
-            except OSError:  # file systems without hard links: a copy, renamed into place, so
-                # a copy cut short (full disk, kill) never sits under a checkpoint's name
+            except OSError:  # file systems without hard links: a copy, made durable and
+                # renamed into place like every checkpoint write, so a copy cut short (full
+                # disk, kill, power loss) never sits under a checkpoint's name
                 fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(target)}.{os.getpid()}.',
                                            suffix='.tmp', dir=os.path.dirname(target))
                 os.close(fd)
                 try:
                     shutil.copyfile(source, tmp)
-                    os.replace(tmp, target)
+                    durable_replace(tmp, target)
                 except BaseException:
                     os.remove(tmp)
                     raise

@@ -242,6 +242,8 @@ class TestTubeLogger(LightningLoggerBase):
     ``meta_tags.csv``, ``hparams.json`` (the typed hyperparameters) and TensorBoard files
     under ``tf/``.
 
+    ``save_dir``: the root folder (a leading ``~`` is expanded to the home folder); ``None``
+    uses test-tube's own data folder.
     ``experiment``: an existing ``test_tube.Experiment`` to write into instead. While the
     logger is open, the experiment's own ``log``/``tag``/``save`` go through the logger (so
     rows stay in order and are written off the training thread); ``finalize`` gives them back.
@@ -252,10 +254,12 @@ class TestTubeLogger(LightningLoggerBase):
 
     def __init__(self, save_dir=None, name='lightning_logs', version=None, experiment=None,
                  description=None, debug=False):
-        if experiment is not None:
+        if experiment is not None:  # its folder exactly as the Experiment writes it
             save_dir = experiment.save_dir
             name, version = experiment.name, experiment.version
             description, debug = experiment.description, experiment.debug
+        elif save_dir is not None:  # as Trainer(default_save_path=...) does
+            save_dir = os.path.expanduser(save_dir)
         self.save_dir = None if save_dir is None else os.fspath(save_dir)
         self.name = name
         self._version = version

@@ -11,6 +11,12 @@ The reduction rule (``reduce_replica_outputs``), value by value:
 - a Python int or float (not a bool): the weighted mean, as a float;
 - a dict, list or tuple: reduced key by key / item by item with these rules, keeping its type;
 - anything else (a string, ``None``, a bool): replica 0's value.
+
+One exception, for ``training_step`` only: its loss (the output itself when it is a tensor,
+the first item of a tuple or list, or the ``'loss'`` key of a dict) may have shape ``(1,)``
+(the loss contract allows it; ``loss.unsqueeze(0)`` is the classic DataParallel idiom); each
+replica's such loss is taken as 0-dim first, so it is averaged like one, not concatenated
+into shape ``(replicas,)``.
 """
 import threading
 from collections.abc import Mapping
@@ -148,10 +154,29 @@ class DataParallelRunner:
         calls = [(getattr(replica, name), (piece,) + args)
                  for replica, piece in zip(replicas, slices)]
         outputs = _apply_in_threads(calls, devices, enter)
+        if name == 'training_step':
+            outputs = [_loss_as_scalar(output) for output in outputs]
         sizes = [_slice_size(piece) for piece in slices]
         if None in sizes:  # no tensor to count samples in: every replica weighs the same
             sizes = [1] * len(slices)
         return reduce_replica_outputs(outputs, sizes, self.output_device)
+
+
+def _loss_as_scalar(output):
+    """``training_step``'s output with its loss reshaped to 0-dim when it has shape ``(1,)``
+    (see the module docstring); anything else is returned unchanged."""
+    def scalar(loss):
+        one = isinstance(loss, torch.Tensor) and loss.shape == (1,)
+        return loss.reshape(()) if one else loss
+
+    if isinstance(output, torch.Tensor):
+        return scalar(output)
+    if isinstance(output, (list, tuple)) and output:
+        return rebuild_sequence(output, [scalar(output[0]), *output[1:]])
+    if isinstance(output, Mapping) and 'loss' in output:
+        return rebuild_mapping(output, [(key, scalar(value) if key == 'loss' else value)
+                                        for key, value in output.items()])
+    return output
 
 
 def _apply_in_threads(calls, devices, enter):

@@ -155,6 +155,24 @@ class StepOutputs(list):
         self.batch_sizes = list(batch_sizes)
 
 
+def durable_replace(tmp, path):
+    """Put the complete file ``tmp`` under ``path`` durably: fsync it, rename it over
+    ``path`` (atomic: a crash leaves the old file or the new one), then fsync the folder so
+    the rename itself survives a crash. ``tmp`` must be in ``path``'s folder. Every
+    checkpoint write ends here, including ``ModelCheckpoint``'s copied best file."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path) or '.', os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def pid_alive(pid):
     """Whether process ``pid`` exists (on this host)."""
     try:

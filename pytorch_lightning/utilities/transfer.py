@@ -15,8 +15,10 @@ def move_to_device(batch, device, non_blocking=False):
     the result. Otherwise walks lists, tuples, namedtuples (rebuilt as the same namedtuple
     type) and mappings (rebuilt as the same type when it can be built from ``(key, value)``
     pairs, so an ``OrderedDict`` stays one; a ``defaultdict`` keeps its factory; other
-    mappings become a ``dict``). Everything else (numbers, strings, ``None``) is returned as
-    it is.
+    mappings become a ``dict``). Everything else (numbers, strings, ``None``, classes, even
+    a class with a ``to`` method) is returned as it is. A tensor that appears several times
+    in ``batch`` is moved once: every place holds the same copy, so structures that shared a
+    tensor still share it on ``device``.
 
     ``non_blocking=True`` applies to copies to CUDA only. A blocking copy from host memory
     waits until the GPU has finished the work queued before it (a host sync per tensor); a
@@ -25,12 +27,20 @@ def move_to_device(batch, device, non_blocking=False):
     (``DataLoader(pin_memory=True)``) runs in the background. Copies to the CPU stay blocking.
     """
     device = torch.device(device)
-    return _move(batch, device, non_blocking and device.type == 'cuda')
+    return _move(batch, device, non_blocking and device.type == 'cuda', {})
 
 
-def _move(obj, device, non_blocking):
+def _move(obj, device, non_blocking, moved_tensors):
+    """``moved_tensors``: id of each tensor moved so far in this call -> its copy, so a
+    tensor found twice is copied once and both places share the copy (as they shared the
+    original); the batch holds every original alive meanwhile, so ids are not reused."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
+        copy = moved_tensors.get(id(obj))
+        if copy is None:
+            copy = moved_tensors[id(obj)] = obj.to(device, non_blocking=non_blocking)
+        return copy
+    if isinstance(obj, type):  # a class: its .to, if any, is an unbound function
+        return obj
     # before the containers: a tuple or mapping with its own .to() knows what must not move
     # (a PackedSequence keeps its batch_sizes on the CPU)
     to = getattr(obj, 'to', None)
@@ -38,9 +48,11 @@ def _move(obj, device, non_blocking):
         moved = to(device, non_blocking=non_blocking) if _takes_non_blocking(to) else to(device)
         return obj if moved is None else moved
     if isinstance(obj, (list, tuple)):
-        return rebuild_sequence(obj, [_move(item, device, non_blocking) for item in obj])
+        return rebuild_sequence(obj, [_move(item, device, non_blocking, moved_tensors)
+                                      for item in obj])
     if isinstance(obj, Mapping):
-        return rebuild_mapping(obj, [(k, _move(v, device, non_blocking)) for k, v in obj.items()])
+        return rebuild_mapping(obj, [(k, _move(v, device, non_blocking, moved_tensors))
+                                     for k, v in obj.items()])
     return obj
 
 
