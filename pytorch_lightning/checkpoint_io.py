@@ -146,17 +146,27 @@ def load(path):
     return checkpoint
 
 
+def peek(path):
+    """The ``'lightning'`` section of the checkpoint at ``path`` (a dict), or ``None`` when
+    the file cannot be read or is not a pytorch_lightning checkpoint. Cheap for any model
+    size: the file is memory-mapped, so only its small pickled part is read, never the
+    tensors' data."""
+    try:
+        section = torch.load(os.fspath(path), map_location='cpu', weights_only=False,
+                             mmap=True)[KEY]
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            OSError, KeyError, TypeError):
+        return None
+    return section if isinstance(section, dict) else None
+
+
 def batches_done(path):
     """The training batches done that the checkpoint at ``path`` records (its trainer state's
     ``total_batches``), or ``None`` when the file cannot be read or is not a pytorch_lightning
-    checkpoint. Cheap for any model size: the file is memory-mapped, so only its small
-    pickled part is read, never the tensors."""
+    checkpoint (``peek``: cheap for any model size)."""
     try:
-        checkpoint = torch.load(os.fspath(path), map_location='cpu', weights_only=False,
-                                mmap=True)
-        return checkpoint[KEY]['trainer_state']['total_batches']
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError, KeyError, TypeError):
+        return peek(path)['trainer_state']['total_batches']
+    except (KeyError, TypeError):
         return None
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import re
 
+from . import checkpoint_io
 from .exceptions import MisconfigurationException
 from .hparams import load_hparams_file, read_tags_csv
 from .loggers.test_tube import read_run_status
@@ -87,18 +88,21 @@ def _best_checkpoint(log_dir):
 
     Candidates are the ``*.ckpt`` files in ``checkpoints/`` other than ``*last.ckpt`` and
     ``hpc_ckpt_*`` (ModelCheckpoint's best-by-metric files). Among those whose name ends with
-    ``-<metric>=<value>.ckpt`` the best value wins (max for names containing 'acc', else min);
+    ``-<metric>=<value>.ckpt`` the best value wins, in the mode the run's ModelCheckpoint
+    used (``_recorded_modes``; without a record, max for names containing 'acc', else min);
     candidates without a readable value count only when no file has one (the newest wins);
     with no candidate at all, ``last.ckpt``."""
     paths = _checkpoints(log_dir)
     candidates = [p for p in paths if not os.path.basename(p).endswith('last.ckpt')
                   and not os.path.basename(p).startswith('hpc_ckpt_')]
+    modes = _recorded_modes(paths) if candidates else {}
     scored = []
     for path in candidates:
         match = _CKPT_VALUE.search(os.path.basename(path))
         value = _cell(match.group('value')) if match else None
         if isinstance(value, (int, float)) and not math.isnan(value):
-            sign = -1 if _mode(match.group('key')) == 'max' else 1
+            key = match.group('key')
+            sign = -1 if modes.get(key, _mode(key)) == 'max' else 1
             scored.append((sign * value, path))
     if scored:
         return min(scored)[1]
@@ -106,6 +110,25 @@ def _best_checkpoint(log_dir):
         return max(candidates, key=os.path.getmtime)
     last = [p for p in paths if os.path.basename(p).endswith('last.ckpt')]
     return last[0] if last else None
+
+
+def _recorded_modes(paths):
+    """``{metric: 'min' or 'max'}`` as the run's ModelCheckpoint recorded them in the newest
+    of ``paths`` that holds a record (its state: the ``mode`` it resolved and its
+    ``best_path``, whose name carries the metric), so that ``mode='max'`` on a metric without
+    'acc' in its name (``val_f1``) ranks right. Empty when no checkpoint can tell."""
+    for path in sorted(paths, key=os.path.getmtime, reverse=True):
+        section = checkpoint_io.peek(path)
+        states = section.get('callbacks') if section is not None else None
+        modes = {}
+        for state in (states.values() if isinstance(states, dict) else ()):
+            if isinstance(state, dict) and state.get('mode') in ('min', 'max'):
+                match = _CKPT_VALUE.search(os.path.basename(str(state.get('best_path'))))
+                if match:
+                    modes[match.group('key')] = state['mode']
+        if modes:
+            return modes
+    return {}
 
 
 def _log_dir_of(run, helper):
@@ -312,8 +335,9 @@ def load_best(run_or_log_dir, model_cls):
     ``run_or_log_dir``: a version folder or a row of ``runs()``. The best checkpoint is
     ModelCheckpoint's best-by-metric file in ``checkpoints/`` (not ``last.ckpt``, not
     ``hpc_ckpt_*``); with several, the one whose value in the name
-    (``...-val_loss=0.1234.ckpt``) is best (max for metric names containing 'acc', else min);
-    without any, ``last.ckpt``. Raises ``MisconfigurationException`` when the run has no
+    (``...-val_loss=0.1234.ckpt``) is best in the mode the run's ModelCheckpoint recorded
+    (without a record: max for metric names containing 'acc', else min); without any,
+    ``last.ckpt``. Raises ``MisconfigurationException`` when the run has no
     checkpoint."""
     log_dir = _log_dir_of(run_or_log_dir, 'load_best(run_or_log_dir=...)')
     best = _best_checkpoint(log_dir)

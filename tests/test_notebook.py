@@ -199,6 +199,33 @@ def test_load_best_picks_the_best_value_among_several(logs, tmp_path):
     assert torch.equal(model.layer.weight, expected['layer.weight'])
 
 
+class ScoresByEpoch(TinyModel):
+    """validation_end reports a made-up 'val_f1' per epoch: best (highest) in epoch 1."""
+
+    def validation_end(self, outputs):
+        return {'val_f1': (0.2, 0.9, 0.5)[self.trainer.state.epoch]}
+
+
+def test_load_best_ranks_in_the_mode_the_run_monitored(tmp_path):
+    """ModelCheckpoint(monitor='val_f1', mode='max', save_best_only=False) keeps a file per
+    validation: load_best takes the highest val_f1 (the run's recorded mode), although the
+    name has no 'acc' in it (the name rule alone would take the lowest)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    folder = tmp_path / 'checkpoints'
+    trainer = Trainer(default_save_path=str(tmp_path), progress_bar=False, experiment=False,
+                      print_weights_summary=False, max_nb_epochs=3, early_stop_callback=False,
+                      checkpoint_callback=ModelCheckpoint(str(folder), monitor='val_f1',
+                                                          mode='max', save_best_only=False))
+    trainer.fit(ScoresByEpoch())
+    names = sorted(os.listdir(folder))
+    assert [n for n in names if 'val_f1' in n] and 'last.ckpt' in names
+    best = notebook._best_checkpoint(str(tmp_path))
+    assert os.path.basename(best).endswith('val_f1=0.9000.ckpt'), names
+    model = notebook.load_best(str(tmp_path), TinyModel)
+    saved = torch.load(best, map_location='cpu', weights_only=False)['state_dict']
+    assert torch.equal(model.layer.weight, saved['layer.weight'])
+
+
 def test_load_best_falls_back_to_last_and_names_a_run_without_checkpoints(logs, tmp_path):
     folder = tmp_path / 'version_0' / 'checkpoints'
     folder.mkdir(parents=True)
