@@ -233,3 +233,25 @@ def test_two_trainers_with_their_own_save_paths_each_write_their_own_folder(tmp_
     other = read_rows(tmp_path / 'b' / 'lightning_logs' / 'version_0')
     assert own[-1]['test_acc'] and not any(row.get('test_acc') for row in other)
     assert len(other) == 1 and other[0]['val_loss']  # the second run's one validation row
+
+
+class DivergesInEpochOne(TinyModel):
+    def validation_end(self, outputs):
+        return {'val_loss': (0.5, float('nan'))[self.trainer.state.epoch]}
+
+
+def test_a_nan_metric_is_written_as_nan_not_as_an_empty_cell(tmp_path):
+    """pandas writes NaN as an empty cell, which reads back as "not logged": the runs table
+    then showed a diverged run's last finite val_loss. The cell says nan, and the run's
+    val_loss_last is NaN."""
+    import math
+    from pytorch_lightning import notebook
+    trainer = Trainer(**logged_kwargs(tmp_path, max_nb_epochs=2, nb_sanity_val_steps=0,
+                                      checkpoint_callback=False, early_stop_callback=False))
+    trainer.fit(DivergesInEpochOne())
+    folder = trainer.logger.log_dir
+    cells = [row['val_loss'] for row in read_rows(folder) if row['epoch'] == '1']
+    assert 'nan' in cells
+    runs = notebook.runs(str(tmp_path), name=trainer.logger.name)
+    assert math.isnan(runs['val_loss_last'].iloc[0])
+    assert runs['val_loss_best'].iloc[0] == 0.5

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import datetime
 import json
+import math
 import os
 import socket
 import threading
@@ -432,7 +433,11 @@ class TestTubeLogger(LightningLoggerBase):
         scalars = {k: v for k, v in row.items() if k not in CSV_ONLY}
         type(exp).log(exp, scalars, step, walltime)
         if exp.metrics and not exp.debug:
-            extra = {k: v for k, v in row.items() if k in CSV_ONLY}
+            # pandas writes a NaN as an empty cell, which reads back as "not logged": a
+            # diverged val_loss must stay NaN in metrics.csv, so the text 'nan' is written
+            extra = {k: 'nan' for k, v in exp.metrics[-1].items()
+                     if isinstance(v, float) and math.isnan(v)}
+            extra.update((k, v) for k, v in row.items() if k in CSV_ONLY)
             if step is not None:
                 extra['step'] = step
             extra['created_at'] = _created_at(walltime)
