@@ -91,7 +91,8 @@ def _best_checkpoint(log_dir):
     ``-<metric>=<value>.ckpt`` the best value wins, in the mode the run's ModelCheckpoint
     used (``_recorded_modes``; without a record, max for names containing 'acc', else min);
     candidates without a readable value count only when no file has one (the newest wins);
-    with no candidate at all, ``last.ckpt``."""
+    with no candidate at all, ``last.ckpt``; without that, the newest ``hpc_ckpt_<n>.ckpt``
+    (a SLURM job preempted before its first epoch ended)."""
     paths = _checkpoints(log_dir)
     candidates = [p for p in paths if not os.path.basename(p).endswith('last.ckpt')
                   and not os.path.basename(p).startswith('hpc_ckpt_')]
@@ -109,7 +110,11 @@ def _best_checkpoint(log_dir):
     if candidates:
         return max(candidates, key=os.path.getmtime)
     last = [p for p in paths if os.path.basename(p).endswith('last.ckpt')]
-    return last[0] if last else None
+    if last:
+        return last[0]
+    hpc = [(int(m.group(1)), p) for p in paths
+           for m in [re.fullmatch(r'hpc_ckpt_(\d+)\.ckpt', os.path.basename(p))] if m]
+    return max(hpc)[1] if hpc else None
 
 
 def _recorded_modes(paths):
@@ -337,7 +342,7 @@ def load_best(run_or_log_dir, model_cls):
     ``hpc_ckpt_*``); with several, the one whose value in the name
     (``...-val_loss=0.1234.ckpt``) is best in the mode the run's ModelCheckpoint recorded
     (without a record: max for metric names containing 'acc', else min); without any,
-    ``last.ckpt``. Raises ``MisconfigurationException`` when the run has no
+    ``last.ckpt``, else the newest ``hpc_ckpt_<n>.ckpt``. Raises ``MisconfigurationException`` when the run has no
     checkpoint."""
     log_dir = _log_dir_of(run_or_log_dir, 'load_best(run_or_log_dir=...)')
     best = _best_checkpoint(log_dir)

@@ -231,7 +231,12 @@ def test_load_best_falls_back_to_last_and_names_a_run_without_checkpoints(logs, 
     folder.mkdir(parents=True)
     shutil.copyfile(notebook.runs(logs)['best_checkpoint'][1], folder / 'last.ckpt')
     assert notebook.load_best(str(tmp_path / 'version_0'), TinyModel).hparams.lr == 0.01
-    os.remove(folder / 'last.ckpt')
+    shutil.copyfile(notebook.runs(logs)['best_checkpoint'][0], folder / 'hpc_ckpt_2.ckpt')
+    shutil.copyfile(notebook.runs(logs)['best_checkpoint'][1], folder / 'hpc_ckpt_10.ckpt')
+    os.remove(folder / 'last.ckpt')  # a SLURM job preempted early: its newest HPC file
+    assert notebook.load_best(tmp_path / 'version_0', TinyModel).hparams.lr == 0.01
+    for name in ('hpc_ckpt_2.ckpt', 'hpc_ckpt_10.ckpt'):
+        os.remove(folder / name)
     with pytest.raises(MisconfigurationException, match='no \\*.ckpt file'):
         notebook.load_best(tmp_path / 'version_0', TinyModel)
 
