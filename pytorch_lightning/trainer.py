@@ -22,7 +22,7 @@ from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
 from .data import (distributed_loader, find_loader_attr, get_loader, limited_batches,
-                   make_resumable, release_workers, workers_stopped_on_error)
+                   loader_length, make_resumable, release_workers, workers_stopped_on_error)
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
@@ -639,6 +639,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         batches = iterator  # with a limit: stop without loading a batch past it
         if nb is not None:
             batches = itertools.islice(iterator, max(0, nb - first))
+        # the epoch's last batch when it is the loader's last (see the end of the loop below)
+        last = nb if nb is not None and nb == loader_length(self._train_loader) else None
         with workers_stopped_on_error(iterator, self._train_loader):
             for batch_idx, batch in enumerate(batches, first):
                 state.batch_idx = batch_idx
@@ -658,6 +660,13 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 validated = val_every and (batch_idx + 1) % val_every == 0
                 if validated:
                     self._validate()
+                if batch_idx + 1 == last:
+                    # a plain `for batch in loader` asks once more and finds the sampler
+                    # exhausted; that call can draw random numbers (torch's RandomSampler
+                    # draws another permutation from its generator), so ask too (no batch is
+                    # loaded): the next epoch's shuffle is then the user's loader's. Before
+                    # the save point, which records the random state after it.
+                    next(iterator, None)
                 for fn in save_point_hooks:  # the save point (see _save_point), inlined
                     fn()
                 if decide_every == 1 or validated or state.total_batches % decide_every == 0:
