@@ -584,10 +584,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             self._epoch_done = False
             self._run_epoch(epoch, resume)
             resume = None
-            validated = bool(self._val_loaders) and (epoch + 1) % self.check_val_every_n_epoch == 0
             for config in self._scheduler_configs:
                 if config['interval'] == 'epoch' and (epoch + 1) % config['frequency'] == 0:
-                    self._step_scheduler(config, validated)
+                    self._step_scheduler(config, self._epoch_validated)
             self._epoch_done = True
             self._save_point()
             if state.should_stop and epoch + 1 >= self.min_nb_epochs:
@@ -619,6 +618,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         nb_val = self.nb_val_batches
         self.nb_batches_this_epoch = _with_validation(nb, val_every, nb_val)
         done = 0 if resume is None else resume[0]['batches_done']  # mid-epoch resume
+        # whether a validation ran in this epoch (a resume: its points before the save point);
+        # an epoch that ends before its validation point did not validate
+        self._epoch_validated = bool(val_every) and done >= val_every
         self.nb_batches_done_at_epoch_start = (  # unknown validation: the training batches
             _with_validation(done, val_every, nb_val) or done)
         hooks.call('on_epoch_start')
@@ -660,6 +662,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 validated = val_every and (batch_idx + 1) % val_every == 0
                 if validated:
                     self._validate()
+                    self._epoch_validated = True
                 if batch_idx + 1 == last:
                     # a plain `for batch in loader` asks once more and finds the sampler
                     # exhausted; that call can draw random numbers (torch's RandomSampler
@@ -684,6 +687,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.check_finite_losses()
         if val_every is None and val_epoch:
             self._validate()
+            self._epoch_validated = True
         hooks.call('on_epoch_end')
 
     def _training_batch(self, batch, batch_idx):

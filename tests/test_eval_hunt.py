@@ -293,3 +293,22 @@ def test_persistent_workers_for_train_and_a_limited_val_loader(quiet):
                      persistent_workers=True, generator=torch.Generator().manual_seed(8))
     assert model.seen == [batch[0].long().tolist() for _ in range(2) for batch in own]
 
+
+def test_plateau_scheduler_skips_an_epoch_that_ended_before_its_validation_point(quiet):
+    """docs/trainer.md: "In an epoch without validation it is not stepped." Epoch 1 ends at
+    its second batch (``on_batch_start`` returns -1), before its only validation point: the
+    scheduler must not step on epoch 0's ``val_loss`` a second time."""
+    class EndsEarly(SGDModel):
+        def on_batch_start(self, batch):
+            if self.trainer.current_epoch == 1 and self.trainer.state.batch_idx == 2:
+                return -1
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+            return [optimizer], [self.plateau]
+
+    model = EndsEarly(n=32)
+    Trainer(**quiet(max_nb_epochs=3, nb_sanity_val_steps=0, checkpoint_callback=False,
+                    early_stop_callback=False)).fit(model)
+    assert model.plateau.last_epoch == 2  # stepped after epochs 0 and 2
