@@ -312,3 +312,45 @@ def test_plateau_scheduler_skips_an_epoch_that_ended_before_its_validation_point
     Trainer(**quiet(max_nb_epochs=3, nb_sanity_val_steps=0, checkpoint_callback=False,
                     early_stop_callback=False)).fit(model)
     assert model.plateau.last_epoch == 2  # stepped after epochs 0 and 2
+
+
+class Plateau(SGDModel):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+        return [optimizer], [self.plateau]
+
+
+class SaveThenStop(Callback):
+    """Saves a checkpoint at the save point after training batch ``at`` of epoch 0, then
+    stops the run there."""
+
+    def __init__(self, path, at):
+        self.path, self.at = path, at
+
+    def on_save_point(self, trainer, module):
+        if trainer.current_epoch == 0 and trainer.state.batch_idx == self.at:
+            trainer.save_checkpoint(self.path)
+            raise RuntimeError('stop here')
+
+
+def test_resumed_after_the_epochs_validation_point_the_plateau_scheduler_still_steps(
+        quiet, tmp_path):
+    """5 batches, validation after batches 2 and 4; saved after batch 4, resumed: the rest of
+    epoch 0 has no validation point, yet the epoch validated, so the scheduler steps as in
+    the uninterrupted run."""
+    args = dict(max_nb_epochs=2, val_check_interval=2, nb_sanity_val_steps=0,
+                checkpoint_callback=False, early_stop_callback=False)
+    torch.manual_seed(0)
+    whole = Plateau(n=40)
+    Trainer(**quiet(**args)).fit(whole)
+    torch.manual_seed(0)
+    path = tmp_path / 'mid.ckpt'
+    with pytest.raises(RuntimeError, match='stop here'):
+        Trainer(**quiet(callbacks=[SaveThenStop(path, at=3)], **args)).fit(Plateau(n=40))
+    resumed = Plateau(n=40)
+    Trainer(**quiet(resume_from_checkpoint=str(path), **args)).fit(resumed)
+    assert resumed.plateau.state_dict() == whole.plateau.state_dict()
+    assert whole.plateau.last_epoch == 2
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
