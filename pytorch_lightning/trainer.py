@@ -641,8 +641,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         batches = iterator  # with a limit: stop without loading a batch past it
         if nb is not None:
             batches = itertools.islice(iterator, max(0, nb - first))
-        # the epoch's last batch when it is the loader's last (see the end of the loop below)
-        last = nb if nb is not None and nb == loader_length(self._train_loader) else None
+        # the epoch's last batch when it is the last of the loader the trainer rebuilt (see
+        # the end of the loop below; another iterable might load a batch past its len())
+        last = (nb if self._resumable_sampler is not None
+                and nb == loader_length(self._train_loader) else None)
         with workers_stopped_on_error(iterator, self._train_loader):
             for batch_idx, batch in enumerate(batches, first):
                 state.batch_idx = batch_idx

@@ -354,3 +354,27 @@ def test_resumed_after_the_epochs_validation_point_the_plateau_scheduler_still_s
     assert whole.plateau.last_epoch == 2
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_an_iterable_dataset_with_a_length_loads_no_batch_past_it(quiet):
+    """A stream whose ``__len__`` says 3 batches but that could go on: each epoch loads 3."""
+    produced = []
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            for i in range(100):
+                produced.append(i)
+                x = torch.randn(4, 32)
+                yield torch.full((4,), float(i)), x, (x[:, 0] > 0).long()
+
+    class Model(Indexed):
+        @property
+        def tng_dataloader(self):
+            return DataLoader(Stream(), batch_size=None)
+
+    Trainer(**quiet(max_nb_epochs=2, nb_sanity_val_steps=0, checkpoint_callback=False)).fit(
+        Model())
+    assert produced == [0, 1, 2] * 2
