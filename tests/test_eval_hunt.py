@@ -378,3 +378,36 @@ def test_an_iterable_dataset_with_a_length_loads_no_batch_past_it(quiet):
     Trainer(**quiet(max_nb_epochs=2, nb_sanity_val_steps=0, checkpoint_callback=False)).fit(
         Model())
     assert produced == [0, 1, 2] * 2
+
+
+def test_a_stream_without_len_validates_every_n_batches_inside_windows(quiet):
+    """docs/trainer.md: for a training loader without ``len()`` an int interval works as for
+    any loader. 7 batches, windows of 2, a validation point every 3 batches: validations
+    after batches 3 and 6 (inside windows), none at the epoch end, 4 optimizer steps."""
+    calls = []
+
+    class Count(Callback):
+        def on_validation_end(self, trainer, module, metrics):
+            calls.append((trainer.current_epoch, trainer.state.batch_idx,
+                          trainer.state.accumulation_position))
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            gen = torch.Generator().manual_seed(0)
+            for i in range(7):
+                x = torch.randn(4, 32, generator=gen)
+                yield torch.full((4,), float(i)), x, (x[:, 0] > 0).long()
+
+    class Model(Indexed):
+        @property
+        def tng_dataloader(self):
+            return DataLoader(Stream(), batch_size=None)
+
+    model = Model()
+    trainer = Trainer(**quiet(max_nb_epochs=2, val_check_interval=3, accumulate_grad_batches=2,
+                              nb_sanity_val_steps=0, checkpoint_callback=False,
+                              callbacks=[Count()]))
+    trainer.fit(model)
+    assert calls == [(0, 2, 1), (0, 5, 0), (1, 2, 1), (1, 5, 0)]
+    assert trainer.global_step == 8 and len(model.seen) == 14
+    assert len(model.grads_at_validation) == 4 and model.grads_at_validation[0].abs().sum() > 0
