@@ -14,6 +14,7 @@ from torch.utils.data import (BatchSampler, DataLoader, Sampler, TensorDataset,
 from models import TinyModel, make_loader
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.exceptions import MisconfigurationException
 
 
 class SGDModel(TinyModel):
@@ -411,3 +412,31 @@ def test_a_stream_without_len_validates_every_n_batches_inside_windows(quiet):
     assert calls == [(0, 2, 1), (0, 5, 0), (1, 2, 1), (1, 5, 0)]
     assert trainer.global_step == 8 and len(model.seen) == 14
     assert len(model.grads_at_validation) == 4 and model.grads_at_validation[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize('stage', ['tng_dataloader', 'val_dataloader'])
+def test_a_one_pass_iterator_as_train_or_val_loader_is_refused_before_training(quiet, stage):
+    """docs/api.md: the loaders are read once per fit and "the same loader object is then
+    iterated in every epoch and every validation run". A generator can be iterated once: the
+    second epoch would train on nothing, and validation after the sanity check would see no
+    batch and return empty metrics. ``fit`` says so before the first batch; ``test()`` reads
+    its loader each call, so an iterator is fine there."""
+    class OnePass(TinyModel):
+        pass
+
+    setattr(OnePass, stage, property(lambda self: (batch for batch in make_loader(16, 8))))
+    calls = []
+    OnePass.training_step = lambda self, batch, nb: calls.append(nb) or TinyModel.training_step(
+        self, batch, nb)
+    with pytest.raises(MisconfigurationException) as excinfo:
+        Trainer(**quiet(max_nb_epochs=2)).fit(OnePass())
+    message = str(excinfo.value)
+    assert f'{stage} returned a generator' in message and 'DataLoader' in message
+    assert calls == []
+
+    class OnePassTest(TinyModel):
+        @property
+        def test_dataloader(self):
+            return (batch for batch in make_loader(16, 8))
+
+    assert 'test_acc' in Trainer(**quiet()).test(OnePassTest())
