@@ -140,8 +140,8 @@ def test_fraction_interval_counts_the_limited_epoch(quiet):
 
 # ---------------------------------------------------------------- the trainer's loader copy
 def _dataset(n=40):
-    return TensorDataset(torch.arange(n).float(), torch.randn(n, 32),
-                         torch.randint(0, 2, (n,)))
+    x = torch.randn(n, 32, generator=torch.Generator().manual_seed(n))
+    return TensorDataset(torch.arange(n).float(), x, (x[:, 0] > 0).long())
 
 
 class EvenOddBatches(Sampler):
@@ -440,3 +440,33 @@ def test_a_one_pass_iterator_as_train_or_val_loader_is_refused_before_training(q
             return (batch for batch in make_loader(16, 8))
 
     assert 'test_acc' in Trainer(**quiet()).test(OnePassTest())
+
+
+@pytest.mark.parametrize('at', [2, 5])  # right after the validation point; the epoch's last
+def test_resume_with_drop_last_and_a_seeded_shuffle_trains_the_same_batches(quiet, tmp_path,
+                                                                            at):
+    """Saved after training batch ``at`` of epoch 0 (6 batches: 40 samples, batch 6,
+    drop_last), resumed: epochs 0 and 1 train on the batches of an uninterrupted run, which
+    are the user's loader's, and end with the same weights."""
+    class Model(Indexed):
+        @property
+        def tng_dataloader(self):
+            return LOADERS['drop_last shuffle']()
+
+    args = dict(max_nb_epochs=2, val_check_interval=3, nb_sanity_val_steps=0,
+                checkpoint_callback=False, early_stop_callback=False)
+    torch.manual_seed(0)
+    whole = Model()
+    Trainer(**quiet(**args)).fit(whole)
+    torch.manual_seed(0)
+    stopped = Model()
+    path = tmp_path / 'mid.ckpt'
+    with pytest.raises(RuntimeError, match='stop here'):
+        Trainer(**quiet(callbacks=[SaveThenStop(path, at)], **args)).fit(stopped)
+    resumed = Model()
+    Trainer(**quiet(resume_from_checkpoint=str(path), **args)).fit(resumed)
+    assert stopped.seen[:at + 1] + resumed.seen == whole.seen
+    own = LOADERS['drop_last shuffle']()
+    assert whole.seen == [batch[0].long().tolist() for _ in range(2) for batch in own]
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
