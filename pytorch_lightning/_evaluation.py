@@ -114,7 +114,7 @@ class EvaluationMixin:
         batch_end = self._hooks.hooks['on_validation_batch_end'] if not testing else ()
         loss_key = 'test_loss' if testing else 'val_loss'
         outputs = StepOutputs()
-        iterator = iter(loader)
+        iterator = _iterator_keeping_rng(loader)
         batches = iterator if limit is None else itertools.islice(iterator, limit)
         with workers_stopped_on_error(iterator, loader):
             for batch_idx, batch in enumerate(batches):
@@ -180,6 +180,18 @@ class EvaluationMixin:
                 f"checkpoint path, or None for the current weights.")
         checkpoint_io.load_into_model(model, checkpoint_io.load(ckpt_path), ckpt_path)
         print(f'testing the weights of {os.fspath(ckpt_path)}')
+
+
+def _iterator_keeping_rng(loader):
+    """``iter(loader)`` with the global torch RNG left as it was. A new DataLoader iterator
+    draws its workers' base seed from it, and one with persistent workers only the first
+    time: a resumed run, whose first validation builds that iterator again, would draw where
+    the uninterrupted run did not, and train on other random numbers (dropout) from there."""
+    state = torch.get_rng_state()
+    try:
+        return iter(loader)
+    finally:
+        torch.set_rng_state(state)
 
 
 def _restore_modes(module, modes):

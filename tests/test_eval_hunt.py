@@ -470,3 +470,38 @@ def test_resume_with_drop_last_and_a_seeded_shuffle_trains_the_same_batches(quie
     assert whole.seen == [batch[0].long().tolist() for _ in range(2) for batch in own]
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_resume_after_a_validation_point_with_a_persistent_val_loader_is_exact(quiet,
+                                                                               tmp_path):
+    """A val loader with persistent workers draws its workers' base seed from the global RNG
+    at its first validation only; the run trains with dropout (global RNG). Saved after the
+    first validation point, resumed: the same weights as the uninterrupted run."""
+    class Dropout(Indexed):
+        def forward(self, x):
+            return self.layer(nn.functional.dropout(x, 0.5, self.training))
+
+        @property
+        def val_dataloader(self):
+            if not hasattr(self, '_val'):
+                self._val = DataLoader(_dataset(16), batch_size=8, num_workers=2,
+                                       persistent_workers=True)
+            return self._val
+
+        def validation_step(self, data_batch, batch_nb):
+            return {'val_loss': nn.functional.cross_entropy(self(data_batch[1]), data_batch[2])}
+
+    args = dict(max_nb_epochs=1, val_check_interval=2, nb_sanity_val_steps=0, n=48,
+                checkpoint_callback=False, early_stop_callback=False)
+    n = args.pop('n')
+    torch.manual_seed(0)
+    whole = Dropout(n=n)
+    Trainer(**quiet(**args)).fit(whole)
+    torch.manual_seed(0)
+    path = tmp_path / 'mid.ckpt'
+    with pytest.raises(RuntimeError, match='stop here'):
+        Trainer(**quiet(callbacks=[SaveThenStop(path, 1)], **args)).fit(Dropout(n=n))
+    resumed = Dropout(n=n)
+    Trainer(**quiet(resume_from_checkpoint=str(path), **args)).fit(resumed)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
