@@ -14,6 +14,7 @@ from torch.utils.data import (BatchSampler, DataLoader, Sampler, TensorDataset,
 from models import TinyModel, make_loader
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.data import release_workers
 from pytorch_lightning.exceptions import MisconfigurationException
 
 
@@ -293,6 +294,8 @@ def test_persistent_workers_for_train_and_a_limited_val_loader(quiet):
     own = DataLoader(_dataset(24), batch_size=4, shuffle=True, num_workers=2,
                      persistent_workers=True, generator=torch.Generator().manual_seed(8))
     assert model.seen == [batch[0].long().tolist() for _ in range(2) for batch in own]
+    release_workers(own)  # now, not when a later test collects them
+    release_workers(model._val)
 
 
 def test_plateau_scheduler_skips_an_epoch_that_ended_before_its_validation_point(quiet):
@@ -498,10 +501,13 @@ def test_resume_after_a_validation_point_with_a_persistent_val_loader_is_exact(q
     whole = Dropout(n=n)
     Trainer(**quiet(**args)).fit(whole)
     torch.manual_seed(0)
+    stopped = Dropout(n=n)
     path = tmp_path / 'mid.ckpt'
     with pytest.raises(RuntimeError, match='stop here'):
-        Trainer(**quiet(callbacks=[SaveThenStop(path, 1)], **args)).fit(Dropout(n=n))
+        Trainer(**quiet(callbacks=[SaveThenStop(path, 1)], **args)).fit(stopped)
     resumed = Dropout(n=n)
     Trainer(**quiet(resume_from_checkpoint=str(path), **args)).fit(resumed)
+    for model in (whole, stopped, resumed):  # now, not when a later test collects them
+        release_workers(model._val)
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
