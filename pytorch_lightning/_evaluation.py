@@ -59,7 +59,7 @@ class EvaluationMixin:
         testing = kind == 'test'
         if not testing:
             hooks.call('on_pre_performance_check')
-        was_training = module.training
+        modes = [(sub, sub.training) for sub in module.modules()]  # e.g. a frozen BatchNorm
         module.eval()
         end_name = f'{kind}_end'
         try:
@@ -71,7 +71,7 @@ class EvaluationMixin:
                 metrics = getattr(module, end_name)(
                     per_loader if len(loaders) > 1 else per_loader[0])
         finally:  # also after Ctrl-C or an error: the model goes on being used (a notebook)
-            module.train(was_training)
+            _restore_modes(module, modes)
         checks.check_eval_end_output(end_name, metrics)
         for key in ('progress_bar', 'log'):  # 0.5.x nested dicts: their metrics count too
             if isinstance(metrics.get(key), dict):
@@ -114,7 +114,7 @@ class EvaluationMixin:
         batch_end = self._hooks.hooks['on_validation_batch_end'] if not testing else ()
         loss_key = 'test_loss' if testing else 'val_loss'
         outputs = StepOutputs()
-        iterator = iter(loader)
+        iterator = _iterator_keeping_rng(loader)
         batches = iterator if limit is None else itertools.islice(iterator, limit)
         with workers_stopped_on_error(iterator, loader):
             for batch_idx, batch in enumerate(batches):
@@ -180,6 +180,28 @@ class EvaluationMixin:
                 f"checkpoint path, or None for the current weights.")
         checkpoint_io.load_into_model(model, checkpoint_io.load(ckpt_path), ckpt_path)
         print(f'testing the weights of {os.fspath(ckpt_path)}')
+
+
+def _iterator_keeping_rng(loader):
+    """``iter(loader)`` with the global torch RNG left as it was. A new DataLoader iterator
+    draws its workers' base seed from it, and one with persistent workers only the first
+    time: a resumed run, whose first validation builds that iterator again, would draw where
+    the uninterrupted run did not, and train on other random numbers (dropout) from there."""
+    state = torch.get_rng_state()
+    try:
+        return iter(loader)
+    finally:
+        torch.set_rng_state(state)
+
+
+def _restore_modes(module, modes):
+    """Put ``module`` and each of its submodules back in the train/eval mode it had
+    (``modes``: ``(submodule, training)`` pairs in ``module.modules()`` order). The module's
+    own ``train()`` runs first, so an override of it still runs; a submodule the user kept
+    in eval mode in a training model (a frozen BatchNorm) is then put back in eval mode."""
+    module.train(modes[0][1])
+    for sub, training in modes[1:]:
+        sub.training = training
 
 
 def _total(limits):

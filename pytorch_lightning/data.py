@@ -1,6 +1,7 @@
 """Reading the module's dataloaders, deciding how many batches each loop runs, and
 resumable sampling for exact mid-epoch resume, and the loaders of several processes (a
 distributed sampler for training, disjoint shards for evaluation)."""
+import collections.abc
 import contextlib
 import itertools
 
@@ -53,6 +54,14 @@ def get_loader(module, stage):
         raise MisconfigurationException(
             f"{name} returned {type(loader).__name__}, which is not iterable. "
             f"Return a torch.utils.data.DataLoader.")
+    if stage != 'test' and isinstance(loader, collections.abc.Iterator):
+        # read once per fit, iterated every epoch / validation: a second pass would be empty
+        raise MisconfigurationException(
+            f"{name} returned a {type(loader).__name__}, an iterator that can be read only "
+            f"once, but fit iterates the same {name} in every "
+            f"{'epoch' if stage == 'train' else 'validation run (and the sanity check)'}, so "
+            f"later passes would get no batch. Return the DataLoader itself (not iter(loader) "
+            f"or a generator), or a list of batches.")
     return loader
 
 

@@ -22,7 +22,7 @@ from .callbacks.logging import MetricsLogging
 from .callbacks.model_checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
 from .data import (distributed_loader, find_loader_attr, get_loader, limited_batches,
-                   make_resumable, release_workers, workers_stopped_on_error)
+                   loader_length, make_resumable, release_workers, workers_stopped_on_error)
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
@@ -584,10 +584,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
             self._epoch_done = False
             self._run_epoch(epoch, resume)
             resume = None
-            validated = bool(self._val_loaders) and (epoch + 1) % self.check_val_every_n_epoch == 0
             for config in self._scheduler_configs:
                 if config['interval'] == 'epoch' and (epoch + 1) % config['frequency'] == 0:
-                    self._step_scheduler(config, validated)
+                    self._step_scheduler(config, self._epoch_validated)
             self._epoch_done = True
             self._save_point()
             if state.should_stop and epoch + 1 >= self.min_nb_epochs:
@@ -619,6 +618,9 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         nb_val = self.nb_val_batches
         self.nb_batches_this_epoch = _with_validation(nb, val_every, nb_val)
         done = 0 if resume is None else resume[0]['batches_done']  # mid-epoch resume
+        # whether a validation ran in this epoch (a resume: its points before the save point);
+        # an epoch that ends before its validation point did not validate
+        self._epoch_validated = bool(val_every) and done >= val_every
         self.nb_batches_done_at_epoch_start = (  # unknown validation: the training batches
             _with_validation(done, val_every, nb_val) or done)
         hooks.call('on_epoch_start')
@@ -639,6 +641,10 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         batches = iterator  # with a limit: stop without loading a batch past it
         if nb is not None:
             batches = itertools.islice(iterator, max(0, nb - first))
+        # the epoch's last batch when it is the last of the loader the trainer rebuilt (see
+        # the end of the loop below; another iterable might load a batch past its len())
+        last = (nb if self._resumable_sampler is not None
+                and nb == loader_length(self._train_loader) else None)
         with workers_stopped_on_error(iterator, self._train_loader):
             for batch_idx, batch in enumerate(batches, first):
                 state.batch_idx = batch_idx
@@ -658,6 +664,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 validated = val_every and (batch_idx + 1) % val_every == 0
                 if validated:
                     self._validate()
+                    self._epoch_validated = True
+                if batch_idx + 1 == last:
+                    # a plain `for batch in loader` asks once more and finds the sampler
+                    # exhausted; that call can draw random numbers (torch's RandomSampler
+                    # draws another permutation from its generator), so ask too (no batch is
+                    # loaded): the next epoch's shuffle is then the user's loader's. Before
+                    # the save point, which records the random state after it.
+                    next(iterator, None)
                 for fn in save_point_hooks:  # the save point (see _save_point), inlined
                     fn()
                 if decide_every == 1 or validated or state.total_batches % decide_every == 0:
@@ -675,6 +689,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         self.check_finite_losses()
         if val_every is None and val_epoch:
             self._validate()
+            self._epoch_validated = True
         hooks.call('on_epoch_end')
 
     def _training_batch(self, batch, batch_idx):
