@@ -95,6 +95,15 @@ def _mean_of_outputs(outputs, loss_key, end_name):
     return {key: sums[key] / totals[key] for key in sums}
 
 
+def _count_params(module):
+    """``module``'s parameter count for the summary, as text: ``'1,234'``, with
+    ``' + uninitialized'`` when a lazy parameter has no size yet (it cannot be counted)."""
+    params = list(module.parameters())
+    lazy = any(nn.parameter.is_lazy(p) for p in params)
+    text = f'{sum(p.numel() for p in params if not nn.parameter.is_lazy(p)):,}'
+    return text + ' + uninitialized' if lazy else text
+
+
 class RootModule(nn.Module):
     """Base class for research models.
 
@@ -305,14 +314,17 @@ class RootModule(nn.Module):
         return _optim.choose_optimizer(optimizer_name, params, optimizer_kwargs, key)
 
     def summarize(self):
-        """Print and return a table of the top-level layers: name, type, parameters."""
-        rows = [('', type(self).__name__, sum(p.numel() for p in self.parameters()))]
+        """Print and return a table of the top-level layers: name, type, parameters. A
+        parameter shared by several layers counts once in the total. A lazy layer's
+        parameters (``nn.LazyLinear`` before its first forward) have no size yet: its count
+        reads ``<n> + uninitialized``, ``n`` counting the sized ones."""
+        rows = [('', type(self).__name__, _count_params(self))]
         for name, child in self.named_children():
-            rows.append((name, type(child).__name__, sum(p.numel() for p in child.parameters())))
+            rows.append((name, type(child).__name__, _count_params(child)))
         width = max(len(r[0]) for r in rows + [('(total)', '')]) + 2
         kind = max(len(r[1]) for r in rows + [('', 'type')]) + 2
         lines = [f"{'name':<{width}}{'type':<{kind}}params"]
-        lines += [f"{r[0] or '(total)':<{width}}{r[1]:<{kind}}{r[2]:,}" for r in rows]
+        lines += [f"{r[0] or '(total)':<{width}}{r[1]:<{kind}}{r[2]}" for r in rows]
         text = '\n'.join(lines)
         print(text)
         return text
