@@ -343,7 +343,8 @@ class RootModule(nn.Module):
 
     def grad_norm(self, norm_type):
         """The ``norm_type``-norm of each parameter's gradient and of all of them together,
-        as ``{'grad_<p>_norm_<name>': float, ..., 'grad_<p>_norm_total': float}``."""
+        as ``{'grad_<p>_norm_<name>': float, ..., 'grad_<p>_norm_total': float}``. A sparse
+        gradient (``nn.Embedding(sparse=True)``) counts as its dense equivalent."""
         norm_type = float(norm_type)
         if norm_type <= 0:
             raise MisconfigurationException(
@@ -352,7 +353,10 @@ class RootModule(nn.Module):
         for name, param in self.named_parameters():
             if param.grad is not None:
                 names.append(f'grad_{norm_type:g}_norm_{name}')
-                per_param.append(torch.linalg.vector_norm(param.grad.detach().float(), norm_type))
+                grad = param.grad.detach()
+                if grad.is_sparse:  # nn.Embedding(sparse=True): the norm of its summed rows
+                    grad = grad.coalesce().values()
+                per_param.append(torch.linalg.vector_norm(grad.float(), norm_type))
         names.append(f'grad_{norm_type:g}_norm_total')
         if not per_param:
             return {names[-1]: 0.0}
