@@ -227,12 +227,15 @@ def construction_error(cls, checkpoint, path, hparams, source, error):
 
 
 def describe_mismatch(model, state_dict):
-    """Human-readable missing/unexpected keys and shape mismatches, or '' if they match."""
+    """Human-readable missing/unexpected keys and shape mismatches, or '' if they match. A
+    lazy parameter of ``model`` (``nn.LazyLinear`` before its first forward) has no shape
+    yet and takes the saved one when loaded, so its shape is not compared."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
               for k in own if k in state_dict and hasattr(state_dict[k], 'shape')
+              and not torch.nn.parameter.is_lazy(own[k])
               and tuple(state_dict[k].shape) != tuple(own[k].shape)]
     parts = []
     if missing:
