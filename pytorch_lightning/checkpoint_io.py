@@ -124,6 +124,24 @@ def load(path):
     """Read a checkpoint written by ``atomic_save``; ``CheckpointError`` names the file and
     the problem when it is missing, truncated, corrupt or not a pytorch_lightning checkpoint."""
     path = os.fspath(path)
+    return _ours(_read(path), path)
+
+
+def _ours(checkpoint, path):
+    """``checkpoint`` (read from ``path``) when it has the ``'lightning'`` section, else the
+    ``CheckpointError`` that says it is not a pytorch_lightning checkpoint."""
+    if not isinstance(checkpoint, dict) or KEY not in checkpoint:
+        keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path!r} is a torch file but not a pytorch_lightning checkpoint (no "
+            f"{KEY!r} section; found {keys}). Load plain weights with "
+            f"model.load_state_dict(torch.load(path)).")
+    return checkpoint
+
+
+def _read(path):
+    """What the ``torch.save`` file at ``path`` holds, on the CPU; ``CheckpointError`` names
+    the file when it is missing, truncated or corrupt."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a file).")
     try:
@@ -137,12 +155,6 @@ def load(path):
             f"checkpoint {path!r} ({size} bytes) cannot be read: it is truncated or not a "
             f"torch.save file ({type(err).__name__}: {err}). Use another checkpoint, e.g. "
             f"last.ckpt or an earlier one.") from err
-    if not isinstance(checkpoint, dict) or KEY not in checkpoint:
-        keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(
-            f"{path!r} is a torch file but not a pytorch_lightning checkpoint (no "
-            f"{KEY!r} section; found {keys}). Load plain weights with "
-            f"model.load_state_dict(torch.load(path)).")
     return checkpoint
 
 
@@ -172,14 +184,14 @@ def batches_done(path):
 
 def load_weights(path):
     """A checkpoint (``load``), or else a ``torch.save`` file holding ``{'state_dict': ...}``
-    (given an empty ``'lightning'`` section: no saved class, no hparams)."""
-    try:
-        return load(path)
-    except CheckpointError:
-        weights = torch.load(path, map_location='cpu', weights_only=False)
-        if not isinstance(weights, dict) or 'state_dict' not in weights:
-            raise
+    (given an empty ``'lightning'`` section: no saved class, no hparams). A missing,
+    truncated or corrupt file, or one holding anything else, raises ``load``'s
+    ``CheckpointError``."""
+    path = os.fspath(path)
+    weights = _read(path)
+    if isinstance(weights, dict) and KEY not in weights and 'state_dict' in weights:
         return {**weights, KEY: {}}
+    return _ours(weights, path)
 
 
 def class_name(cls):
