@@ -131,7 +131,8 @@ def _ours(checkpoint, path):
     """``checkpoint`` (read from ``path``) when it has the ``'lightning'`` section, else the
     ``CheckpointError`` that says it is not a pytorch_lightning checkpoint."""
     if not isinstance(checkpoint, dict) or KEY not in checkpoint:
-        keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        keys = (sorted(checkpoint)[:10] if isinstance(checkpoint, dict)
+                else type(checkpoint).__name__)
         raise CheckpointError(
             f"{path!r} is a torch file but not a pytorch_lightning checkpoint (no "
             f"{KEY!r} section; found {keys}). Load plain weights with "

@@ -44,6 +44,8 @@ def model_parser(model_cls, parent_parser=None):
 def _parse_tag(text):
     if text in ('', 'nan', 'NaN'):
         return None
+    if text in ('inf', '-inf'):  # how pandas (test-tube) writes float('inf'); not a literal
+        return float(text)
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -52,7 +54,8 @@ def _parse_tag(text):
 
 def read_tags_csv(path):
     """Hyperparameters from test-tube's ``meta_tags.csv`` (``key,value`` rows) as a dict,
-    values parsed back into Python numbers, bools, None, lists where they look like them."""
+    values parsed back into Python numbers, bools, None, lists where they look like them
+    (``inf`` and ``-inf`` give the infinite floats; empty and ``nan`` give None)."""
     with open(path, newline='') as f:
         return {row['key']: _parse_tag(row['value']) for row in csv.DictReader(f)}
 
