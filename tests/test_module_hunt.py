@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from pytorch_lightning import RootModule, checkpoint_io
+from pytorch_lightning import RootModule, Trainer, checkpoint_io
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.exceptions import CheckpointError
 from pytorch_lightning.hparams import read_tags_csv
+
+from models import TinyModel
 
 
 class LazyNet(RootModule):
@@ -98,6 +101,22 @@ def test_load_from_checkpoint_a_lazy_model(tmp_path):
     model = LazyNet.load_from_checkpoint(path)
     torch.testing.assert_close(model.body.weight, trained.body.weight)
     torch.testing.assert_close(model(torch.ones(1, 5)), trained(torch.ones(1, 5)))
+
+
+class LazyTiny(TinyModel):
+    def __init__(self, hparams=None):
+        super().__init__(hparams)
+        self.layer = nn.LazyLinear(2)
+
+
+def test_a_lazy_model_fits_with_the_summary_on_and_loads_back(quiet, tmp_path):
+    """The researcher's path: fit with the default weights summary, then load the best."""
+    model = LazyTiny({'width': 2})
+    Trainer(**quiet(print_weights_summary=True,
+                    checkpoint_callback=ModelCheckpoint(tmp_path / 'ck'))).fit(model)
+    loaded = LazyTiny.load_from_checkpoint(tmp_path / 'ck' / 'last.ckpt')
+    assert loaded.hparams == {'width': 2}
+    torch.testing.assert_close(loaded.layer.weight, model.layer.weight)
 
 
 @pytest.mark.parametrize('content', [b'', b'not a torch file' * 8, None],
