@@ -971,9 +971,14 @@ def _with_validation(batches, val_every, nb_val):
 
 
 def _detached(hiddens):
-    """``hiddens`` (a tensor, or tuples/lists of them) cut from the graph of the last split."""
+    """``hiddens`` (a tensor, or tuples, named tuples, lists or dicts of them, nested) cut
+    from the graph of the last split; anything else is passed on as it is."""
     if isinstance(hiddens, torch.Tensor):
         return hiddens.detach()
+    if isinstance(hiddens, dict):
+        return {key: _detached(value) for key, value in hiddens.items()}
+    if isinstance(hiddens, tuple) and hasattr(hiddens, '_fields'):  # a named tuple
+        return type(hiddens)(*(_detached(h) for h in hiddens))
     if isinstance(hiddens, (tuple, list)):
         return type(hiddens)(_detached(h) for h in hiddens)
     return hiddens

@@ -1,0 +1,110 @@
+"""Bug hunt in the loop features researchers combine: truncated BPTT, gradient accumulation
+windows, the progress bar's totals and postfix."""
+from collections import namedtuple
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from pytorch_lightning import RootModule, Trainer
+
+
+State = namedtuple('State', 'h c')
+
+
+class NamedHiddens(RootModule):
+    """An LSTM whose training_step passes its state as ``{'h': ..., 'c': ...}`` (``pack=dict``)
+    or as the named tuple ``State(h, c)``."""
+
+    def __init__(self, pack):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pack = pack
+        self.lstm, self.head = nn.LSTM(1, 4, batch_first=True), nn.Linear(4, 1)
+        self.seen = []
+
+    def training_step(self, data_batch, batch_nb, hiddens):
+        x, y = data_batch
+        if hiddens is not None:
+            assert type(hiddens) is self.pack
+            hiddens = State(**hiddens) if self.pack is dict else hiddens
+        self.seen.append(None if hiddens is None else
+                         (hiddens.h.requires_grad, hiddens.c.requires_grad))
+        out, (h, c) = self.lstm(x, hiddens)
+        loss = nn.functional.mse_loss(self.head(out), y)
+        return {'loss': loss, 'hiddens': self.pack(h=h, c=c)}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    @property
+    def tng_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(8, 6, 1, generator=gen)
+        return DataLoader(TensorDataset(x, x.flip(1)), batch_size=4)
+
+
+@pytest.mark.parametrize('pack', [dict, State])
+def test_tbptt_hiddens_as_a_dict_or_named_tuple_are_detached_between_splits(quiet, pack):
+    """docs/api.md: the previous split's ``'hiddens'`` reach the next split detached from its
+    graph, in the container they came in. A dict of tensors was passed on with its graph (the
+    second split's backward went through the freed first graph: a misleading 'already
+    backpropagated' error); a named tuple was rebuilt from one argument (TypeError)."""
+    model = NamedHiddens(pack)
+    trainer = Trainer(**quiet(truncated_bptt_steps=2, max_nb_epochs=1))
+    trainer.fit(model)
+    assert model.seen == [None, (False, False), (False, False)] * 2
+    assert trainer.global_step == 6
+
+
+class Stream(IterableDataset):
+    """5 batches of 4 rows and no ``len()``."""
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(5):
+            x = torch.randn(4, 3, generator=gen)
+            yield x, x.sum(1, keepdim=True)
+
+
+class Linear(RootModule):
+    def __init__(self, loader):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(3, 1)
+        self.loader = loader
+
+    def training_step(self, data_batch, batch_nb):
+        x, y = data_batch
+        return {'loss': nn.functional.mse_loss(self.layer(x), y)}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    @property
+    def tng_dataloader(self):
+        return self.loader
+
+
+def test_an_unsized_loaders_last_partial_window_is_divided_by_k(quiet):
+    """docs/trainer.md: with an epoch length unknown the window size is ``k``; a partial
+    window at the loader's end is still stepped, its losses divided by ``k``. Checked against
+    a hand loop: 5 batches, k=2: windows (0,1), (2,3), (4)/2."""
+    model = Linear(DataLoader(Stream(), batch_size=None))
+    trainer = Trainer(**quiet(accumulate_grad_batches=2, max_nb_epochs=1))
+    trainer.fit(model)
+
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    batches = list(Stream())
+    for window in ([0, 1], [2, 3], [4]):
+        for i in window:
+            x, y = batches[i]
+            (nn.functional.mse_loss(layer(x), y) / 2).backward()
+        opt.step()
+        opt.zero_grad()
+    assert trainer.global_step == 3
+    assert torch.equal(model.layer.weight, layer.weight)
+    assert torch.equal(model.layer.bias, layer.bias)
