@@ -108,3 +108,85 @@ def test_an_unsized_loaders_last_partial_window_is_divided_by_k(quiet):
     assert trainer.global_step == 3
     assert torch.equal(model.layer.weight, layer.weight)
     assert torch.equal(model.layer.bias, layer.bias)
+
+
+class Scheduled(RootModule):
+    """SGD with momentum and a step-wise StepLR, over a shuffled loader of 6 batches; one
+    validation batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Sequential(nn.Dropout(0.3), nn.Linear(3, 1))
+
+    def training_step(self, data_batch, batch_nb):
+        x, y = data_batch
+        return {'loss': nn.functional.mse_loss(self.layer(x), y)}
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'interval': 'step'}}
+
+    def validation_step(self, data_batch, batch_nb):
+        x, y = data_batch
+        return {'val_loss': nn.functional.mse_loss(self.layer(x), y)}
+
+    @property
+    def val_dataloader(self):
+        x = torch.ones(4, 3)
+        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+
+    @property
+    def tng_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(24, 3, generator=gen)
+        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4,
+                          shuffle=True, generator=torch.Generator().manual_seed(1))
+
+
+def test_resume_inside_a_window_of_a_changed_schedule_matches_uninterrupted(quiet, tmp_path):
+    """docs/trainer.md + checkpointing: ``accumulate_grad_batches={0: 1, 1: 4}`` (epoch 0:
+    6 windows of 1; epochs 1-2: windows of 4 then of 2, the short last one divided by 2) with
+    a step-wise scheduler, interrupted in epoch 1 inside its first window and resumed from
+    the validation point (every 2 batches) that saved ``last.ckpt`` 2 batches into that
+    window: the weights, the learning rate and global_step equal the uninterrupted run's,
+    bit for bit."""
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+    def trainer(folder, **kw):
+        return Trainer(**quiet(max_nb_epochs=3, accumulate_grad_batches={0: 1, 1: 4},
+                               early_stop_callback=False, val_check_interval=2,
+                               nb_sanity_val_steps=0, checkpoint_callback=ModelCheckpoint(folder),
+                               **kw))
+
+    torch.manual_seed(0)
+    full = Scheduled()
+    done = trainer(tmp_path / 'a')
+    done.fit(full)
+    assert done.global_step == 6 + 2 * 2
+
+    class Crash(Callback):
+        def on_batch_start(self, trainer, module, batch):
+            if trainer.state.total_batches == 8:  # epoch 1, batch 2: 2 batches into a window
+                assert trainer.state.accumulation_position == 2
+                raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / 'b', callbacks=[Crash()]).fit(Scheduled())
+    restored = []
+
+    class Restored(Callback):
+        def on_fit_start(self, trainer, module):
+            restored.append((trainer.current_epoch, trainer.state.accumulation_position))
+
+    torch.manual_seed(123)
+    resumed = Scheduled()
+    again = trainer(tmp_path / 'b', resume_from_checkpoint=tmp_path / 'b' / 'last.ckpt',
+                    callbacks=[Restored()])
+    again.fit(resumed)
+    assert restored == [(1, 2)]  # (epoch, batches accumulated) the resume started from
+    assert again.global_step == done.global_step
+    assert again.optimizers[0].param_groups[0]['lr'] == done.optimizers[0].param_groups[0]['lr']
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
