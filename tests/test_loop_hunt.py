@@ -150,8 +150,8 @@ def test_resume_inside_a_window_of_a_changed_schedule_matches_uninterrupted(quie
     a step-wise scheduler, interrupted in epoch 1 inside its first window and resumed from
     the validation point (every 2 batches) that saved ``last.ckpt`` 2 batches into that
     window: the weights, the learning rate and global_step equal the uninterrupted run's,
-    bit for bit."""
-    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+    bit for bit, and the resumed epoch's bar starts where the checkpoint was."""
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 
     def trainer(folder, **kw):
         return Trainer(**quiet(max_nb_epochs=3, accumulate_grad_batches={0: 1, 1: 4},
@@ -174,18 +174,30 @@ def test_resume_inside_a_window_of_a_changed_schedule_matches_uninterrupted(quie
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         trainer(tmp_path / 'b', callbacks=[Crash()]).fit(Scheduled())
-    restored = []
+    restored, bar = [], []
 
     class Restored(Callback):
         def on_fit_start(self, trainer, module):
             restored.append((trainer.current_epoch, trainer.state.accumulation_position))
 
+    class Bar(ProgressBar):
+        def on_epoch_start(self, trainer, module):
+            super().on_epoch_start(trainer, module)
+            bar.append(('start', self._bar.initial, self._bar.n, self._bar.total))
+
+        def on_epoch_end(self, trainer, module):
+            super().on_epoch_end(trainer, module)
+            bar.append(('end', self._bar.n, self._bar.total))
+
     torch.manual_seed(123)
     resumed = Scheduled()
     again = trainer(tmp_path / 'b', resume_from_checkpoint=tmp_path / 'b' / 'last.ckpt',
-                    callbacks=[Restored()])
+                    callbacks=[Restored(), Bar(refresh_interval=0)])
     again.fit(resumed)
     assert restored == [(1, 2)]  # (epoch, batches accumulated) the resume started from
+    # docs/trainer.md nb_batches_done_at_epoch_start: the bar of the resumed epoch starts at
+    # its 2 training batches plus the 1 validation batch of the point among them, of 6 + 3
+    assert bar == [('start', 3, 3, 9), ('end', 9, 9), ('start', 0, 0, 9), ('end', 9, 9)]
     assert again.global_step == done.global_step
     assert again.optimizers[0].param_groups[0]['lr'] == done.optimizers[0].param_groups[0]['lr']
     for a, b in zip(full.parameters(), resumed.parameters()):
