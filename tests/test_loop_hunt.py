@@ -1,5 +1,9 @@
 """Bug hunt in the loop features researchers combine: truncated BPTT, gradient accumulation
 windows, the progress bar's totals and postfix."""
+import re
+import subprocess
+import sys
+import textwrap
 from collections import namedtuple
 
 import pytest
@@ -202,3 +206,74 @@ def test_resume_inside_a_window_of_a_changed_schedule_matches_uninterrupted(quie
     assert again.optimizers[0].param_groups[0]['lr'] == done.optimizers[0].param_groups[0]['lr']
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+REPLAYED = textwrap.dedent("""
+    import sys
+    import torch
+    from torch import nn
+    from pytorch_lightning import RootModule, Trainer
+    from pytorch_lightning.callbacks import Callback
+
+    class Batches:  # a loader the trainer cannot rebuild: a mid-epoch resume replays it
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(4):
+                x = torch.randn(2, 3, generator=gen)
+                yield x, x.sum(1, keepdim=True)
+
+    class Model(RootModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 1)
+
+        def training_step(self, data_batch, batch_nb):
+            x, y = data_batch
+            return nn.functional.mse_loss(self.layer(x), y)
+
+        def validation_step(self, data_batch, batch_nb):
+            x, y = data_batch
+            return {'val_loss': nn.functional.mse_loss(self.layer(x), y)}
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        @property
+        def tng_dataloader(self):
+            return Batches()
+
+        @property
+        def val_dataloader(self):
+            return Batches()
+
+    class Crash(Callback):
+        def on_batch_start(self, trainer, module, batch):
+            if trainer.state.total_batches == 3:
+                raise KeyboardInterrupt
+
+    kwargs = dict(default_save_path=sys.argv[1], experiment=False, print_weights_summary=False,
+                  max_nb_epochs=1, val_check_interval=2, nb_sanity_val_steps=0,
+                  early_stop_callback=False)
+    try:
+        Trainer(progress_bar=False, callbacks=[Crash()], **kwargs).fit(Model())
+    except KeyboardInterrupt:
+        pass
+    Trainer(resume_from_checkpoint=sys.argv[1] + '/checkpoints/last.ckpt', **kwargs).fit(Model())
+""")
+
+
+def test_the_replay_notice_of_a_mid_epoch_resume_is_a_line_of_its_own(tmp_path):
+    """docs/trainer.md: notices are printed clear of the bar. Resuming mid-epoch from a loader
+    the trainer cannot rebuild prints that its done batches are replayed; it is printed once
+    the resumed epoch's bar is drawn, and a plain print() glued it to the bar's line."""
+    log = tmp_path / 'fit.log'
+    with open(log, 'w') as out:
+        subprocess.run([sys.executable, '-u', '-c', REPLAYED, str(tmp_path)], stdout=out,
+                       stderr=subprocess.STDOUT, check=True, timeout=120)
+    text = log.read_text()
+    records = [r.strip() for r in re.split(r'[\r\n]', text) if r.strip()]
+    assert any(r.startswith('resuming mid-epoch: the training loader is a Batches') for r in
+               records), text
