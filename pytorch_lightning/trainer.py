@@ -916,14 +916,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         if self._unchecked_outputs:
             checks.check_training_output(out)
             self._unchecked_outputs -= 1
+        if self.truncated_bptt_steps:  # the last optimizer's; None from the other forms
+            self._next_hiddens = out.get('hiddens') if isinstance(out, dict) else None
         if isinstance(out, torch.Tensor):
             return out, _EMPTY, _EMPTY
         if isinstance(out, (tuple, list)):
             loss, prog = out
             return loss, prog, prog
         if isinstance(out, dict):
-            if self.truncated_bptt_steps:
-                self._next_hiddens = out.get('hiddens')
             prog = out.get('prog', out.get('progress_bar', _EMPTY))  # 0.5.x: 'progress_bar'
             return out['loss'], prog, out.get('log', _EMPTY)
         checks.unsupported_output(out)

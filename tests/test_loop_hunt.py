@@ -277,3 +277,44 @@ def test_the_replay_notice_of_a_mid_epoch_resume_is_a_line_of_its_own(tmp_path):
     records = [r.strip() for r in re.split(r'[\r\n]', text) if r.strip()]
     assert any(r.startswith('resuming mid-epoch: the training loader is a Batches') for r in
                records), text
+
+
+class TwoOptimizers(RootModule):
+    """Optimizer 0 trains an LSTM and returns its state in the dict form; optimizer 1 trains
+    a head and returns ``form``: a bare loss, a ``(loss, prog)`` tuple or a dict without
+    ``'hiddens'``."""
+
+    def __init__(self, form):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm, self.head = nn.LSTM(1, 4, batch_first=True), nn.Linear(4, 1)
+        self.form, self.seen = form, []
+
+    def training_step(self, data_batch, batch_nb, optimizer_i, hiddens):
+        x, y = data_batch
+        self.seen.append((optimizer_i, hiddens is None))
+        out, state = self.lstm(x, hiddens)
+        loss = nn.functional.mse_loss(self.head(out), y)
+        if optimizer_i == 0:
+            return {'loss': loss, 'hiddens': state}
+        return {'tensor': loss, 'tuple': (loss, {}), 'dict': {'loss': loss}}[self.form]
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.lstm.parameters(), lr=0.01),
+                torch.optim.SGD(self.head.parameters(), lr=0.01)]
+
+    @property
+    def tng_dataloader(self):
+        x = torch.randn(4, 6, 1, generator=torch.Generator().manual_seed(0))
+        return DataLoader(TensorDataset(x, x), batch_size=4)
+
+
+@pytest.mark.parametrize('form', ['tensor', 'tuple', 'dict'])
+def test_tbptt_two_optimizers_pass_on_the_last_ones_hiddens_whatever_its_form(quiet, form):
+    """docs/api.md: with several optimizers the last one's ``hiddens`` are passed on, and a
+    step returning no ``'hiddens'`` passes ``None``. A dict without ``'hiddens'`` did; a bare
+    loss or a ``(loss, prog)`` tuple left optimizer 0's in place, so the next split's
+    ``hiddens`` depended on the form the last optimizer returned."""
+    model = TwoOptimizers(form)
+    Trainer(**quiet(truncated_bptt_steps=2, max_nb_epochs=1)).fit(model)
+    assert model.seen == [(0, True), (1, True)] * 3
