@@ -318,3 +318,46 @@ def test_tbptt_two_optimizers_pass_on_the_last_ones_hiddens_whatever_its_form(qu
     model = TwoOptimizers(form)
     Trainer(**quiet(truncated_bptt_steps=2, max_nb_epochs=1)).fit(model)
     assert model.seen == [(0, True), (1, True)] * 3
+
+
+class Counted(RootModule):
+    """Each split's loss is the number of training steps before it (0, 1, 2, ...), plus a
+    zero that keeps the graph; its prog dict names the split."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+        self.calls = 0
+
+    def training_step(self, data_batch, batch_nb, hiddens):
+        x, = data_batch
+        loss = self.layer(x).sum() * 0 + self.calls
+        self.calls += 1
+        return {'loss': loss, 'hiddens': None, 'prog': {'split': float(x.shape[1])}}
+
+    def validation_step(self, data_batch, batch_nb):
+        return {'val_score': torch.tensor(0.25)}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    @property
+    def tng_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(10, 5, 1)), batch_size=1)
+
+    @property
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(2, 5, 1)), batch_size=1)
+
+
+def test_the_bar_postfix_holds_the_running_loss_of_the_last_20_steps_prog_and_val(quiet):
+    """docs/trainer.md tqdm_metrics / running_loss(): the postfix is epoch, batch_nb, the mean
+    of the last 20 training losses (every TBPTT split's loss is one: 10 batches x 3 splits,
+    losses 0..29, so the mean of 10..29) with 3 decimals, the last step's prog dict and the
+    latest validation metrics."""
+    trainer = Trainer(**quiet(truncated_bptt_steps=2, nb_sanity_val_steps=0,
+                              early_stop_callback=False, checkpoint_callback=False))
+    trainer.fit(Counted())
+    assert trainer.running_loss() == sum(range(10, 30)) / 20
+    assert trainer.tqdm_metrics == {'epoch': 0, 'batch_nb': 9, 'loss': '19.500', 'split': 1.0,
+                                    'val_score': 0.25}
