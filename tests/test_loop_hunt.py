@@ -361,3 +361,14 @@ def test_the_bar_postfix_holds_the_running_loss_of_the_last_20_steps_prog_and_va
     assert trainer.running_loss() == sum(range(10, 30)) / 20
     assert trainer.tqdm_metrics == {'epoch': 0, 'batch_nb': 9, 'loss': '19.500', 'split': 1.0,
                                     'val_score': 0.25}
+
+
+@pytest.mark.parametrize('interval', [None, '0.5', -1, float('nan'), True])
+def test_a_bad_refresh_interval_is_refused_when_the_bar_is_made(interval):
+    """docs/callbacks.md: ``refresh_interval`` is the least time in seconds between redraws.
+    ``None`` or a string failed with a TypeError after the first training batch; a negative
+    or NaN interval was taken silently."""
+    from pytorch_lightning import MisconfigurationException
+    from pytorch_lightning.callbacks import ProgressBar
+    with pytest.raises(MisconfigurationException, match=r'refresh_interval=.*>= 0'):
+        ProgressBar(refresh_interval=interval)
