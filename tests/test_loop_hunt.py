@@ -168,6 +168,8 @@ def test_resume_inside_a_window_of_a_changed_schedule_matches_uninterrupted(quie
     done = trainer(tmp_path / 'a')
     done.fit(full)
     assert done.global_step == 6 + 2 * 2
+    # the step-wise StepLR(step_size=2) stepped once per optimizer step (window), not batch
+    assert done.optimizers[0].param_groups[0]['lr'] == 0.1 * 0.5 ** 5
 
     class Crash(Callback):
         def on_batch_start(self, trainer, module, batch):
