@@ -374,3 +374,13 @@ def test_a_bad_refresh_interval_is_refused_when_the_bar_is_made(interval):
     from pytorch_lightning.callbacks import ProgressBar
     with pytest.raises(MisconfigurationException, match=r'refresh_interval=.*>= 0'):
         ProgressBar(refresh_interval=interval)
+
+
+def test_default_split_names_a_tensor_without_a_time_dimension():
+    """docs/api.md: the default ``tbptt_split_batch`` slices every tensor along dim 1. A batch
+    ``(x, labels)`` with one label per sequence failed inside it with torch's 'too many
+    indices' IndexError; the message now names the item, its shape and the override."""
+    from pytorch_lightning import MisconfigurationException
+    batch = (torch.zeros(2, 6, 1), torch.zeros(2))
+    with pytest.raises(MisconfigurationException, match=r'item 1 .*\(2,\).*tbptt_split_batch'):
+        RootModule().tbptt_split_batch(batch, 2)
