@@ -239,7 +239,8 @@ class RootModule(nn.Module):
         """With ``Trainer(truncated_bptt_steps=k)``: the splits of ``batch`` along time
         (dim 1), ``split_size`` steps each. Default: every tensor, in a tensor batch or a
         list/tuple of tensors, is sliced ``[:, t:t + k]``; other items go whole into every
-        split. Override for another layout."""
+        split; a tensor without dim 1 raises ``MisconfigurationException``. Override for
+        another layout."""
         items = batch if isinstance(batch, (list, tuple)) else [batch]
         tensors = [x for x in items if isinstance(x, torch.Tensor)]
         if not tensors:
