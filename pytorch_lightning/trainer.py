@@ -26,7 +26,7 @@ from .data import (distributed_loader, find_loader_attr, get_loader, limited_bat
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
-from .placement import SingleProcess, make_device, make_precision
+from .placement import DataParallelDevice, SingleProcess, make_device, make_precision
 from .state import TrainerState
 from .utilities import numbers_only, to_number
 from .utilities.parent import watch_sweep_parent
@@ -379,7 +379,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         checks.check_closure_optimizers(self.optimizers, self.accumulate_grad_batches,
                                         self.precision, self._hooks, model)
         checks.check_tbptt(self.truncated_bptt_steps, self.accumulate_grad_batches, model,
-                           len(self.optimizers))
+                           len(self.optimizers), isinstance(self.device, DataParallelDevice))
         if self.truncated_bptt_steps:  # (batch, batch_nb[, optimizer_i]) then hiddens
             self._train_step_arity = 3 if len(self.optimizers) > 1 else 2
         else:

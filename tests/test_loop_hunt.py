@@ -384,3 +384,19 @@ def test_default_split_names_a_tensor_without_a_time_dimension():
     batch = (torch.zeros(2, 6, 1), torch.zeros(2))
     with pytest.raises(MisconfigurationException, match=r'item 1 .*\(2,\).*tbptt_split_batch'):
         RootModule().tbptt_split_batch(batch, 2)
+
+
+def test_tbptt_under_dataparallel_is_refused_before_the_first_batch(quiet, two_fake_gpus):
+    """DataParallel splits each batch over the replicas but hands ``hiddens`` whole to every
+    one (its batch dimension is the model's choice: dim 1 for an LSTM's (h, c)), and
+    concatenates the replicas' returned hiddens along dim 0: the second split failed with
+    a shape error or, worse, trained on mixed-up states. Refused before the first batch."""
+    from test_devices_loop import FakeTwoGPUs
+
+    from pytorch_lightning import MisconfigurationException
+    model = NamedHiddens(State)
+    trainer = Trainer(**quiet(truncated_bptt_steps=2, max_nb_epochs=1))
+    trainer.device = FakeTwoGPUs()
+    with pytest.raises(MisconfigurationException, match='truncated_bptt_steps=2.*DataParallel'):
+        trainer.fit(model)
+    assert model.seen == []
