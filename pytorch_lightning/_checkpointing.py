@@ -11,6 +11,7 @@ import os
 import re
 
 from . import checkpoint_io
+from .callbacks._monitor import notice
 from .data import generator_states, restore_generator_states
 from .exceptions import MisconfigurationException
 from .utilities.slurm import PreemptionSignal, requeue, slurm_job_id
@@ -322,9 +323,11 @@ class CheckpointingMixin:
                                at_draws=done if draws is None else draws,
                                then=lambda: self._restore_now(*resume))
             return done, iter(loader)
-        print(f'resuming mid-epoch: the training loader is a {type(loader).__name__}, which '
-              f'cannot be rebuilt for index-only skipping, so its first {done} batches are '
-              f'loaded again and dropped (use a plain torch.utils.data.DataLoader to avoid this).')
+        # the resumed epoch's bar is already drawn: a line of its own, clear of it
+        notice(f'resuming mid-epoch: the training loader is a {type(loader).__name__}, which '
+               f'cannot be rebuilt for index-only skipping, so its first {done} batches are '
+               f'loaded again and dropped (use a plain torch.utils.data.DataLoader to avoid '
+               f'this).')
         batches = iter(loader)  # a loader we cannot rebuild: replay its batches
         for _ in itertools.islice(batches, done):
             pass

@@ -248,13 +248,21 @@ class RootModule(nn.Module):
         """With ``Trainer(truncated_bptt_steps=k)``: the splits of ``batch`` along time
         (dim 1), ``split_size`` steps each. Default: every tensor, in a tensor batch or a
         list/tuple of tensors, is sliced ``[:, t:t + k]``; other items go whole into every
-        split. Override for another layout."""
-        tensors = [x for x in (batch if isinstance(batch, (list, tuple)) else [batch])
-                   if isinstance(x, torch.Tensor)]
+        split; a tensor without dim 1 raises ``MisconfigurationException``. Override for
+        another layout."""
+        items = batch if isinstance(batch, (list, tuple)) else [batch]
+        tensors = [x for x in items if isinstance(x, torch.Tensor)]
         if not tensors:
             raise MisconfigurationException(
                 "tbptt_split_batch: the batch holds no tensor to split along time (dim 1). "
                 "Override tbptt_split_batch(batch, split_size) for this batch type.")
+        for i, x in enumerate(items):
+            if isinstance(x, torch.Tensor) and x.dim() < 2:
+                raise MisconfigurationException(
+                    f"tbptt_split_batch: batch item {i} is a tensor of shape {tuple(x.shape)}, "
+                    f"with no time dimension (dim 1) to split. Override "
+                    f"tbptt_split_batch(batch, split_size) to put it whole into every split "
+                    f"(e.g. one label per sequence).")
         length = tensors[0].shape[1]
 
         def cut(x, t):

@@ -26,7 +26,7 @@ from .data import (distributed_loader, find_loader_attr, get_loader, limited_bat
 from .exceptions import MisconfigurationException, NonFiniteLossError
 from .hparams import hparams_to_dict
 from .optim import normalize_optimizers
-from .placement import SingleProcess, make_device, make_precision
+from .placement import DataParallelDevice, SingleProcess, make_device, make_precision
 from .state import TrainerState
 from .utilities import numbers_only, to_number
 from .utilities.parent import watch_sweep_parent
@@ -379,7 +379,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         checks.check_closure_optimizers(self.optimizers, self.accumulate_grad_batches,
                                         self.precision, self._hooks, model)
         checks.check_tbptt(self.truncated_bptt_steps, self.accumulate_grad_batches, model,
-                           len(self.optimizers))
+                           len(self.optimizers), isinstance(self.device, DataParallelDevice))
         if self.truncated_bptt_steps:  # (batch, batch_nb[, optimizer_i]) then hiddens
             self._train_step_arity = 3 if len(self.optimizers) > 1 else 2
         else:
@@ -916,14 +916,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
         if self._unchecked_outputs:
             checks.check_training_output(out)
             self._unchecked_outputs -= 1
+        if self.truncated_bptt_steps:  # the last optimizer's; None from the other forms
+            self._next_hiddens = out.get('hiddens') if isinstance(out, dict) else None
         if isinstance(out, torch.Tensor):
             return out, _EMPTY, _EMPTY
         if isinstance(out, (tuple, list)):
             loss, prog = out
             return loss, prog, prog
         if isinstance(out, dict):
-            if self.truncated_bptt_steps:
-                self._next_hiddens = out.get('hiddens')
             prog = out.get('prog', out.get('progress_bar', _EMPTY))  # 0.5.x: 'progress_bar'
             return out['loss'], prog, out.get('log', _EMPTY)
         checks.unsupported_output(out)
@@ -971,9 +971,14 @@ def _with_validation(batches, val_every, nb_val):
 
 
 def _detached(hiddens):
-    """``hiddens`` (a tensor, or tuples/lists of them) cut from the graph of the last split."""
+    """``hiddens`` (a tensor, or tuples, named tuples, lists or dicts of them, nested) cut
+    from the graph of the last split; anything else is passed on as it is."""
     if isinstance(hiddens, torch.Tensor):
         return hiddens.detach()
+    if isinstance(hiddens, dict):
+        return {key: _detached(value) for key, value in hiddens.items()}
+    if isinstance(hiddens, tuple) and hasattr(hiddens, '_fields'):  # a named tuple
+        return type(hiddens)(*(_detached(h) for h in hiddens))
     if isinstance(hiddens, (tuple, list)):
         return type(hiddens)(_detached(h) for h in hiddens)
     return hiddens

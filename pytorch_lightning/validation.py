@@ -441,14 +441,18 @@ def check_optimizer_frequencies(frequencies, accumulate_grad_batches):
               f"combined. Use accumulate_grad_batches=1, or drop 'frequency'.")
 
 
-def check_tbptt(steps, accumulate_grad_batches, module, nb_optimizers):
-    """``truncated_bptt_steps``: a positive int, no accumulation, and a ``training_step`` that
-    takes ``hiddens``."""
+def check_tbptt(steps, accumulate_grad_batches, module, nb_optimizers, data_parallel=False):
+    """``truncated_bptt_steps``: a positive int, no accumulation, not under DataParallel
+    (``data_parallel``), and a ``training_step`` that takes ``hiddens``."""
     if steps is None:
         return
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         _fail(f"Trainer(truncated_bptt_steps={steps!r}): expected None or an int >= 1 (time "
               f"steps per split).")
+    if data_parallel:  # the replicas get batch slices but hiddens whole (batch dim unknown)
+        _fail(f"Trainer(truncated_bptt_steps={steps}) cannot run under DataParallel (several "
+              f"GPUs in one process): each replica gets a slice of the batch but the whole "
+              f"hiddens. Use distributed_backend='ddp', or one GPU.")
     if accumulates(accumulate_grad_batches):
         _fail(f"Trainer(truncated_bptt_steps={steps}, accumulate_grad_batches="
               f"{accumulate_grad_batches!r}): each split is one optimizer step, so gradients "

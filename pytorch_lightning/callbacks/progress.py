@@ -1,7 +1,10 @@
 """The tqdm progress bar, as a callback. Redraws are time-throttled; tensors become numbers
 only when it redraws, and on an accelerator without making the host wait for the device."""
+import math
+import numbers
 import time
 
+from ..exceptions import MisconfigurationException
 from ..utilities import NumbersRead
 from .base import Callback
 
@@ -24,6 +27,12 @@ class ProgressBar(Callback):
     """
 
     def __init__(self, refresh_interval=0.2, position=0):
+        if (isinstance(refresh_interval, bool) or not isinstance(refresh_interval, numbers.Real)
+                or not math.isfinite(refresh_interval) or refresh_interval < 0):
+            raise MisconfigurationException(
+                f"ProgressBar(refresh_interval={refresh_interval!r}): expected the least "
+                f"number of seconds between two redraws, a finite number >= 0 (0 redraws "
+                f"after every batch), such as 0.2.")
         self.refresh_interval = refresh_interval
         self.position = position
         self._bar = None
