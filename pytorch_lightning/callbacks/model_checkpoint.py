@@ -136,11 +136,16 @@ class ModelCheckpoint(Callback):
         state = trainer.state
         shown = 'nan' if math.isnan(value) else f'{value:.4f}'
         name = f'{self.prefix}epoch={state.epoch}-step={state.global_step}-{self.monitor.key}={shown}.ckpt'
-        path = os.path.join(self._folder(trainer), name)
+        folder = self._folder(trainer)
+        path = os.path.join(folder, name)
         previous = self.best_path
         if self.monitor.improved(value, self.best):
             self.best, self.best_path = value, path
-        if not (self.save_best_only and self.best_path == path and previous and previous != path):
+        # a best file restored from a run in another folder (a resume into a new filepath)
+        # belongs to that run: it is never deleted from here
+        ours = (previous is not None
+                and os.path.realpath(os.path.dirname(previous)) == os.path.realpath(folder))
+        if not (self.save_best_only and self.best_path == path and ours and previous != path):
             return path, None
 
         def drop():  # only once the new best is safely in place
