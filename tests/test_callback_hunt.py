@@ -99,8 +99,59 @@ def test_resume_into_another_folder_leaves_the_first_runs_best_file(quiet, tmp_p
 
     ckpt = ModelCheckpoint(second)
     Trainer(**quiet(max_nb_epochs=4, checkpoint_callback=ckpt, early_stop_callback=False,
-                    resume_from_checkpoint=str(first / 'last.ckpt'))).fit(Scripted([0.4, 0.3], n=16))
+                    resume_from_checkpoint=str(first / "last.ckpt"))).fit(
+        Scripted([0.4, 0.3], n=16))
     assert ckpt_files(first) == before
     # in its own folder it still keeps one best file
     assert ckpt_files(second) == ['epoch=3-step=8-val_loss=0.3000.ckpt', 'last.ckpt']
     assert ckpt.best_path == str(second / 'epoch=3-step=8-val_loss=0.3000.ckpt')
+
+
+class LossAndAcc(TinyModel):
+    """val_loss and val_acc per epoch, from fixed lists (the epoch is the index)."""
+
+    losses = [1.0, 0.5, 0.7, 0.6, 0.6]
+    accs = [0.1, 0.2, 0.3, 0.4, 0.5]
+
+    def validation_end(self, outputs):
+        if self.trainer.state.stage == 'sanity_check':
+            return {'val_loss': 9.0, 'val_acc': 0.0}
+        epoch = self.trainer.current_epoch
+        return {'val_loss': self.losses[epoch], 'val_acc': self.accs[epoch]}
+
+
+def test_resume_with_another_monitored_metric_starts_its_best_afresh(quiet, tmp_path):
+    """Fine-tuning from a run that kept the best val_loss, now keeping the best val_acc: the
+    restored state is another metric's (a loss value, 'min' mode), so it is not taken over:
+    val_acc is maximised from its own first value."""
+    first = tmp_path / 'a'
+    Trainer(**quiet(max_nb_epochs=2, checkpoint_callback=ModelCheckpoint(first),
+                    early_stop_callback=EarlyStopping(patience=5))).fit(LossAndAcc(n=16))
+    ckpt, stop = ModelCheckpoint(tmp_path / 'b', monitor='val_acc'), EarlyStopping('val_acc')
+    Trainer(**quiet(max_nb_epochs=5, checkpoint_callback=ckpt, early_stop_callback=stop,
+                    resume_from_checkpoint=str(first / 'last.ckpt'))).fit(LossAndAcc(n=16))
+    assert ckpt.monitor.mode == stop.monitor.mode == 'max'
+    assert ckpt.best == stop.best == 0.5 and stop.wait == 0
+    assert ckpt_files(tmp_path / 'b') == ['epoch=4-step=10-val_acc=0.5000.ckpt', 'last.ckpt']
+    # the same metric on both sides is restored as before
+    saved = checkpoint_io.load(first / 'last.ckpt')['lightning']['callbacks']
+    assert saved['ModelCheckpoint']['monitor'] == 'val_loss'
+    assert saved['ModelCheckpoint']['best'] == saved['EarlyStopping']['best'] == 0.5
+
+
+def test_an_explicit_checkpoint_is_not_turned_off_by_the_defaults_state(quiet, tmp_path):
+    """The first run had no val_loss, so its default ModelCheckpoint turned itself off (and
+    saved that); the resume passes ModelCheckpoint(monitor='val_acc'), which must work."""
+    class OnlyAcc(TinyModel):
+        def validation_end(self, outputs):
+            return {'val_acc': torch.tensor(0.1 * (1 + self.trainer.current_epoch))}
+
+    first = Trainer(**quiet(max_nb_epochs=2, early_stop_callback=False))
+    first.fit(OnlyAcc(n=16))
+    assert first.checkpoint_callback.monitor.disabled
+    last = os.path.join(first.checkpoint_callback.filepath, 'last.ckpt')
+    ckpt = ModelCheckpoint(tmp_path / 'b', monitor='val_acc')
+    Trainer(**quiet(max_nb_epochs=4, checkpoint_callback=ckpt, early_stop_callback=False,
+                    resume_from_checkpoint=last)).fit(OnlyAcc(n=16))
+    assert not ckpt.monitor.disabled
+    assert ckpt_files(tmp_path / 'b') == ['epoch=3-step=8-val_acc=0.4000.ckpt', 'last.ckpt']

@@ -42,9 +42,9 @@ class EarlyStopping(Callback):
 
     def state_dict(self):
         return {'best': self.best, 'wait': self.wait, 'stopped_epoch': self.stopped_epoch,
-                'mode': self.monitor.mode, 'disabled': self.monitor.disabled}
+                **self.monitor.state_dict()}
 
     def load_state_dict(self, state):
-        self.best, self.wait = state['best'], state['wait']
-        self.stopped_epoch = state['stopped_epoch']
-        self.monitor.mode, self.monitor.disabled = state['mode'], state['disabled']
+        if self.monitor.load_state_dict(state):  # another metric's counters are not ours
+            self.best, self.wait = state['best'], state['wait']
+            self.stopped_epoch = state['stopped_epoch']

@@ -154,13 +154,12 @@ class ModelCheckpoint(Callback):
         return path, drop
 
     def state_dict(self):
-        return {'best': self.best, 'best_path': self.best_path, 'mode': self.monitor.mode,
-                'disabled': self.monitor.disabled, 'last_step_saved': self._last_step_saved,
-                'filepath': self.filepath}
+        return {'best': self.best, 'best_path': self.best_path, **self.monitor.state_dict(),
+                'last_step_saved': self._last_step_saved, 'filepath': self.filepath}
 
     def load_state_dict(self, state):
-        self.best, self.best_path = state['best'], state['best_path']
-        self.monitor.mode, self.monitor.disabled = state['mode'], state['disabled']
+        if self.monitor.load_state_dict(state):  # the best of another metric is not ours
+            self.best, self.best_path = state['best'], state['best_path']
         self._last_step_saved = state['last_step_saved']
         if self.filepath is None:
             self.filepath = state['filepath']
