@@ -2,9 +2,10 @@
 across runs and folders, user callbacks with their own state."""
 import os
 
+import pytest
 import torch
 
-from pytorch_lightning import Trainer, checkpoint_io
+from pytorch_lightning import MisconfigurationException, Trainer, checkpoint_io
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from models import TinyModel
@@ -155,3 +156,11 @@ def test_an_explicit_checkpoint_is_not_turned_off_by_the_defaults_state(quiet, t
                     resume_from_checkpoint=last)).fit(OnlyAcc(n=16))
     assert not ckpt.monitor.disabled
     assert ckpt_files(tmp_path / 'b') == ['epoch=3-step=8-val_acc=0.4000.ckpt', 'last.ckpt']
+
+
+def test_every_n_steps_without_last_is_refused():
+    """every_n_steps only refreshes last.ckpt: with save_last=False it silently saved nothing."""
+    with pytest.raises(MisconfigurationException) as err:
+        ModelCheckpoint(every_n_steps=2, save_last=False)
+    assert 'ModelCheckpoint(every_n_steps=2, save_last=False)' in str(err.value)
+    assert 'Pass save_last=True' in str(err.value)

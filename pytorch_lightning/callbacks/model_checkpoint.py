@@ -43,6 +43,11 @@ class ModelCheckpoint(Callback):
                                           or not isinstance(every_n_steps, int) or every_n_steps < 1):
             raise MisconfigurationException(
                 f"ModelCheckpoint(every_n_steps={every_n_steps!r}): expected None or an int >= 1.")
+        if every_n_steps is not None and not save_last:
+            raise MisconfigurationException(
+                f"ModelCheckpoint(every_n_steps={every_n_steps}, save_last=False): every_n_steps "
+                f"refreshes {prefix}last.ckpt, which save_last=False turns off, so it would "
+                f"save nothing. Pass save_last=True, or drop every_n_steps.")
         self.filepath = None if filepath is None else os.path.expanduser(os.fspath(filepath))
         self._default_folder = filepath is None
         self.monitor = Monitor('ModelCheckpoint', monitor, mode, trainer_arg='checkpoint_callback',
