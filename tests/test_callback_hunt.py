@@ -87,6 +87,54 @@ def test_resume_from_the_save_point_where_early_stopping_ended_the_run_trains_no
     assert resumed_counter.epochs == 0
     assert (resumed.current_epoch, resumed.state.global_step) == (1, 4)
 
+    class TrainOn(Callback):  # documented: clear the flag in on_fit_start to train on
+        def on_fit_start(self, trainer, module):
+            trainer.state.should_stop = False
+
+    on = Trainer(**quiet(max_nb_epochs=3, checkpoint_callback=False, early_stop_callback=False,
+                         callbacks=[TrainOn()], resume_from_checkpoint=final))
+    on.fit(Scripted([3.0], n=16))
+    assert (on.current_epoch, on.state.global_step) == (2, 6)
+
+
+class HalfEpochValidation(TinyModel):
+    """val_loss by validation number (two validations per 4-batch epoch): best at the 4th,
+    then no improvement, so EarlyStopping(patience=3) asks to stop at the 7th (epoch 3)."""
+
+    values = [1.0, 0.9, 0.95, 0.85, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+
+    def validation_end(self, outputs):
+        if self.trainer.state.stage == 'sanity_check':
+            return {'val_loss': 99.0}
+        return {'val_loss': torch.tensor(self.values[self.trainer.state.total_batches // 2 - 1])}
+
+
+def test_early_stopping_resumed_from_late_save_points_stops_where_the_run_did(quiet, tmp_path):
+    """Patience counts validations (two per epoch here), the stop takes effect mid-epoch once
+    min_nb_epochs are done, and a resume from any of the last save points (before the stop,
+    at its batch, at the epoch end after it) ends exactly where the uninterrupted run did."""
+    def run(resume=None, saver=None):
+        stop = EarlyStopping(patience=3)
+        trainer = Trainer(**quiet(max_nb_epochs=10, min_nb_epochs=2, val_check_interval=0.5,
+                                  checkpoint_callback=False, early_stop_callback=stop,
+                                  callbacks=[saver] if saver else [],
+                                  resume_from_checkpoint=resume))
+        model = HalfEpochValidation(n=32)
+        trainer.fit(model)
+        state = trainer.state
+        return ((trainer.current_epoch, state.global_step, state.total_batches, stop.wait,
+                 stop.best, stop.stopped_epoch), model.layer.weight.detach().clone())
+
+    saver = SaveEverySavePoint(str(tmp_path))
+    expected, weights = run(saver=saver)
+    # 7th validation: after batch 2 of epoch 3 (mid-epoch; epoch 3 >= min_nb_epochs)
+    assert expected[:4] == (3, 14, 14, 3) and expected[5] == 3
+    assert len(saver.paths) == 14 + 4  # a save point per batch and per epoch end
+    for path in saver.paths[-4:]:
+        got, got_weights = run(resume=path)
+        assert got == expected, path
+        assert torch.equal(got_weights, weights), path
+
 
 # ------------------------------------------------------------------------- model checkpoint
 def test_resume_into_another_folder_leaves_the_first_runs_best_file(quiet, tmp_path):
@@ -164,3 +212,37 @@ def test_every_n_steps_without_last_is_refused():
         ModelCheckpoint(every_n_steps=2, save_last=False)
     assert 'ModelCheckpoint(every_n_steps=2, save_last=False)' in str(err.value)
     assert 'Pass save_last=True' in str(err.value)
+
+
+# ------------------------------------------------------------------------- user callbacks
+def test_user_callback_state_by_key_across_a_resume(quiet, tmp_path):
+    """Documented keys: the qualified class name, '#1' for the second instance in list order,
+    or the state_key property. A callback the checkpoint does not hold (added on resume) gets
+    no load_state_dict; the state of one dropped on resume is ignored."""
+    class Renamed(Counting):
+        @property
+        def state_key(self):
+            return 'stable-name'
+
+    class Dropped(Callback):
+        def state_dict(self):
+            return {'x': 1}
+
+    first, second, renamed = Counting(), Counting(), Renamed()
+    folder = tmp_path / 'c'
+    Trainer(**quiet(max_nb_epochs=2, checkpoint_callback=ModelCheckpoint(folder),
+                    callbacks=[first, Dropped(), second, renamed])).fit(TinyModel(n=16))
+    saved = checkpoint_io.load(folder / 'last.ckpt')['lightning']['callbacks']
+    assert saved['Counting'] == saved['Counting#1'] == saved['stable-name'] == {'batches': 4}
+    assert saved['test_user_callback_state_by_key_across_a_resume.<locals>.Dropped'] == {'x': 1}
+
+    class Added(Counting):
+        pass
+
+    again = [Counting(), Counting(), Renamed(), Added()]
+    again[1].batches = 7
+    Trainer(**quiet(max_nb_epochs=3, checkpoint_callback=ModelCheckpoint(folder),
+                    callbacks=again, resume_from_checkpoint=str(folder / 'last.ckpt'))
+            ).fit(TinyModel(n=16))
+    assert [cb.loaded for cb in again] == [{'batches': 4}] * 3 + [None]
+    assert [cb.batches for cb in again] == [6, 6, 6, 2]  # restored, then epoch 2's batches
