@@ -136,6 +136,25 @@ def test_early_stopping_resumed_from_late_save_points_stops_where_the_run_did(qu
         assert torch.equal(got_weights, weights), path
 
 
+def test_early_stopping_asks_again_after_its_stop_was_cleared(quiet, tmp_path):
+    """Training on from the checkpoint of an early-stopped run (the flag cleared in
+    on_fit_start): the restored EarlyStopping has run out of patience, so the next validation
+    without improvement asks to stop again (it stayed silent: its old request counted)."""
+    saver = SaveEverySavePoint(str(tmp_path))
+    Trainer(**quiet(max_nb_epochs=10, checkpoint_callback=False, callbacks=[saver],
+                    early_stop_callback=EarlyStopping(patience=1))).fit(Scripted([1.0, 2.0], n=16))
+
+    class TrainOn(Callback):
+        def on_fit_start(self, trainer, module):
+            trainer.state.should_stop = False
+
+    stop = EarlyStopping(patience=1)
+    trainer = Trainer(**quiet(max_nb_epochs=10, checkpoint_callback=False, early_stop_callback=stop,
+                              callbacks=[TrainOn()], resume_from_checkpoint=saver.paths[-1]))
+    trainer.fit(Scripted([3.0], n=16))  # epoch 2 does not improve on 1.0
+    assert trainer.current_epoch == 2 and stop.stopped_epoch == 2 and stop.wait == 2
+
+
 # ------------------------------------------------------------------------- model checkpoint
 def test_resume_into_another_folder_leaves_the_first_runs_best_file(quiet, tmp_path):
     """Forking a run (resume from run A's last.ckpt with a ModelCheckpoint into folder B):

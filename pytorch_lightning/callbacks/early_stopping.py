@@ -36,7 +36,8 @@ class EarlyStopping(Callback):
                 trainer.state.should_stop = False
             return
         self.wait += 1
-        if self.wait >= self.patience and self.stopped_epoch is None:
+        # asks (again) whenever the flag is down: someone may have cleared an earlier request
+        if self.wait >= self.patience and not trainer.state.should_stop:
             self.stopped_epoch = trainer.state.epoch
             trainer.state.should_stop = True
 
