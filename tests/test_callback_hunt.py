@@ -155,6 +155,22 @@ def test_early_stopping_asks_again_after_its_stop_was_cleared(quiet, tmp_path):
     assert trainer.current_epoch == 2 and stop.stopped_epoch == 2 and stop.wait == 2
 
 
+def test_early_stopping_does_not_clear_a_stop_another_callback_asked_for_first(quiet):
+    """A user's stop at epoch 1 waits for min_nb_epochs=4; EarlyStopping runs out of patience
+    at epoch 2 (the flag is already up: not its request), then val_loss improves at epoch 3.
+    It used to record the flag as its own and clear it, so the run went on to max_nb_epochs."""
+    class StopAtEpoch1(Callback):
+        def on_validation_end(self, trainer, module, metrics):
+            if trainer.current_epoch == 1:
+                trainer.state.should_stop = True
+
+    stop = EarlyStopping(patience=1)
+    trainer = Trainer(**quiet(max_nb_epochs=10, min_nb_epochs=4, checkpoint_callback=False,
+                              early_stop_callback=stop, callbacks=[StopAtEpoch1()]))
+    trainer.fit(Scripted([1.0, 0.9, 2.0, 0.5, 0.4], n=16))
+    assert trainer.current_epoch == 3 and stop.stopped_epoch is None
+
+
 # ------------------------------------------------------------------------- model checkpoint
 def test_resume_into_another_folder_leaves_the_first_runs_best_file(quiet, tmp_path):
     """Forking a run (resume from run A's last.ckpt with a ModelCheckpoint into folder B):
