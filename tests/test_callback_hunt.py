@@ -191,6 +191,16 @@ def test_resume_into_another_folder_leaves_the_first_runs_best_file(quiet, tmp_p
     assert ckpt.best_path == str(second / 'epoch=3-step=8-val_loss=0.3000.ckpt')
 
 
+def test_a_prefix_with_a_subfolder_still_keeps_one_best_file(quiet, tmp_path):
+    """prefix='run1/' writes into a subfolder of filepath; the previous best there is still
+    this run's own, so save_best_only replaces it."""
+    ckpt = ModelCheckpoint(tmp_path / 'c', prefix='run1/')
+    Trainer(**quiet(max_nb_epochs=3, checkpoint_callback=ckpt, early_stop_callback=False)
+            ).fit(Scripted([1.0, 0.5, 0.4], n=16))
+    assert ckpt_files(tmp_path / 'c' / 'run1') == ['epoch=2-step=6-val_loss=0.4000.ckpt',
+                                                   'last.ckpt']
+
+
 class LossAndAcc(TinyModel):
     """val_loss and val_acc per epoch, from fixed lists (the epoch is the index)."""
 

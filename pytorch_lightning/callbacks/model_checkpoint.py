@@ -141,15 +141,14 @@ class ModelCheckpoint(Callback):
         state = trainer.state
         shown = 'nan' if math.isnan(value) else f'{value:.4f}'
         name = f'{self.prefix}epoch={state.epoch}-step={state.global_step}-{self.monitor.key}={shown}.ckpt'
-        folder = self._folder(trainer)
-        path = os.path.join(folder, name)
+        path = os.path.join(self._folder(trainer), name)
         previous = self.best_path
         if self.monitor.improved(value, self.best):
             self.best, self.best_path = value, path
         # a best file restored from a run in another folder (a resume into a new filepath)
         # belongs to that run: it is never deleted from here
-        ours = (previous is not None
-                and os.path.realpath(os.path.dirname(previous)) == os.path.realpath(folder))
+        ours = previous is not None and (os.path.realpath(os.path.dirname(previous))
+                                         == os.path.realpath(os.path.dirname(path)))
         if not (self.save_best_only and self.best_path == path and ours and previous != path):
             return path, None
 
