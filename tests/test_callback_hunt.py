@@ -291,3 +291,49 @@ def test_user_callback_state_by_key_across_a_resume(quiet, tmp_path):
             ).fit(TinyModel(n=16))
     assert [cb.loaded for cb in again] == [{'batches': 4}] * 3 + [None]
     assert [cb.batches for cb in again] == [6, 6, 6, 2]  # restored, then epoch 2's batches
+
+
+def test_a_callback_failing_in_on_epoch_end_fails_the_run_and_its_checkpoint_resumes(tmp_path):
+    """The error surfaces unchanged, on_exception gets (trainer, module, error) instead of
+    on_fit_end, the run is recorded as failed, and last.ckpt (the epoch's last batch) resumes
+    to the weights of a run that never failed (on_epoch_end runs again on the resume)."""
+    from pytorch_lightning.loggers.test_tube import read_run_status
+
+    calls = []
+
+    class Boom(Callback):
+        def __init__(self, fail):
+            self.fail = fail
+
+        def on_epoch_end(self, trainer, module):
+            if self.fail and trainer.current_epoch == 1:
+                raise ValueError('disk quota')
+
+        def on_exception(self, trainer, module, error):
+            calls.append((type(trainer).__name__, type(module).__name__, error))
+
+        def on_fit_end(self, trainer, module):
+            calls.append('on_fit_end')
+
+    def kwargs(folder, **more):
+        return dict(default_save_path=str(tmp_path / folder), progress_bar=False,
+                    print_weights_summary=False, max_nb_epochs=3, early_stop_callback=False,
+                    checkpoint_callback=ModelCheckpoint(tmp_path / folder / 'c'), **more)
+
+    trainer = Trainer(**kwargs('a', callbacks=[Boom(True)]))
+    torch.manual_seed(0)
+    failing = TinyModel(n=16)
+    with pytest.raises(ValueError, match='disk quota') as raised:
+        trainer.fit(failing)
+    assert calls == [('Trainer', 'TinyModel', raised.value)]
+    assert read_run_status(tmp_path / 'a' / 'lightning_logs' / 'version_0') == 'failed'
+    last = tmp_path / 'a' / 'c' / 'last.ckpt'
+    assert checkpoint_io.load(last)['lightning']['trainer_state']['total_batches'] == 4
+
+    resumed = TinyModel(n=16)
+    Trainer(**kwargs('b', callbacks=[Boom(False)], resume_from_checkpoint=str(last))).fit(resumed)
+    torch.manual_seed(0)  # the failed run's initial weights
+    whole = TinyModel(n=16)
+    Trainer(**kwargs('c', callbacks=[Boom(False)])).fit(whole)
+    assert torch.equal(resumed.layer.weight, whole.layer.weight)
+    assert calls[1:] == ['on_fit_end', 'on_fit_end']
