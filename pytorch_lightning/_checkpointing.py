@@ -109,7 +109,9 @@ class CheckpointingMixin:
         """At the start of the epoch loop: ``(first epoch, resume)``, ``resume`` being the
         restored ``(position, rng)`` of a mid-epoch checkpoint (``_epoch_batches`` takes it
         up) or ``None``. A checkpoint taken at an epoch end, or before an epoch's batches,
-        gets its random state back here, after the sanity check."""
+        gets its random state back here, after the sanity check. One taken at the end of the
+        epoch where a stop took effect (``should_stop`` once ``min_nb_epochs`` were done)
+        leaves no epoch to run, as the run that wrote it ended there."""
         self._loop_started = True
         resume, start = self._resume_position, self.state.epoch
         if resume is None or not (resume[0]['epoch_complete'] or 'before' in resume[0]):
@@ -118,6 +120,9 @@ class CheckpointingMixin:
         self._restore_now(*resume)
         if resume[0]['epoch_complete']:
             self._epoch_done = True  # until the next epoch begins (none may: max_nb_epochs)
+            if self.state.should_stop and start + 1 >= self.min_nb_epochs:
+                # the run stopped right after this save point: the loop has nothing left
+                return self.max_nb_epochs, None
             return start + 1, None
         return start, None
 

@@ -40,6 +40,23 @@ class Monitor:
         no notices in this fit (ranks other than 0 decide the same, silently)."""
         self.mode, self.disabled, self.quiet = self._initial_mode, False, quiet
 
+    def state_dict(self):
+        """What the owner's checkpoint state keeps of this monitor: the key, the mode in
+        use (an inferred 'auto' stays decided) and whether it turned itself off."""
+        return {'monitor': self.key, 'mode': self.mode, 'disabled': self.disabled}
+
+    def load_state_dict(self, state):
+        """Take back ``state_dict()``; returns whether ``state`` watched this same key
+        (checkpoints written before the key was kept count as the same). A checkpoint of
+        another metric restores nothing, so its best value is not compared with this one's,
+        in its mode. A monitor that is required is never turned off by a checkpoint of the
+        trainer's default one, which turned itself off on a missing key."""
+        if state.get('monitor', self.key) != self.key:
+            return False
+        self.mode = state['mode']
+        self.disabled = state['disabled'] and not self.required
+        return True
+
     def _notice(self, message):
         if not self.quiet:
             notice(message)

@@ -36,15 +36,16 @@ class EarlyStopping(Callback):
                 trainer.state.should_stop = False
             return
         self.wait += 1
-        if self.wait >= self.patience and self.stopped_epoch is None:
+        # asks (again) whenever the flag is down: someone may have cleared an earlier request
+        if self.wait >= self.patience and not trainer.state.should_stop:
             self.stopped_epoch = trainer.state.epoch
             trainer.state.should_stop = True
 
     def state_dict(self):
         return {'best': self.best, 'wait': self.wait, 'stopped_epoch': self.stopped_epoch,
-                'mode': self.monitor.mode, 'disabled': self.monitor.disabled}
+                **self.monitor.state_dict()}
 
     def load_state_dict(self, state):
-        self.best, self.wait = state['best'], state['wait']
-        self.stopped_epoch = state['stopped_epoch']
-        self.monitor.mode, self.monitor.disabled = state['mode'], state['disabled']
+        if self.monitor.load_state_dict(state):  # another metric's counters are not ours
+            self.best, self.wait = state['best'], state['wait']
+            self.stopped_epoch = state['stopped_epoch']

@@ -43,6 +43,11 @@ class ModelCheckpoint(Callback):
                                           or not isinstance(every_n_steps, int) or every_n_steps < 1):
             raise MisconfigurationException(
                 f"ModelCheckpoint(every_n_steps={every_n_steps!r}): expected None or an int >= 1.")
+        if every_n_steps is not None and not save_last:
+            raise MisconfigurationException(
+                f"ModelCheckpoint(every_n_steps={every_n_steps}, save_last=False): every_n_steps "
+                f"refreshes {prefix}last.ckpt, which save_last=False turns off, so it would "
+                f"save nothing. Pass save_last=True, or drop every_n_steps.")
         self.filepath = None if filepath is None else os.path.expanduser(os.fspath(filepath))
         self._default_folder = filepath is None
         self.monitor = Monitor('ModelCheckpoint', monitor, mode, trainer_arg='checkpoint_callback',
@@ -140,7 +145,11 @@ class ModelCheckpoint(Callback):
         previous = self.best_path
         if self.monitor.improved(value, self.best):
             self.best, self.best_path = value, path
-        if not (self.save_best_only and self.best_path == path and previous and previous != path):
+        # a best file restored from a run in another folder (a resume into a new filepath)
+        # belongs to that run: it is never deleted from here
+        ours = previous is not None and (os.path.realpath(os.path.dirname(previous))
+                                         == os.path.realpath(os.path.dirname(path)))
+        if not (self.save_best_only and self.best_path == path and ours and previous != path):
             return path, None
 
         def drop():  # only once the new best is safely in place
@@ -149,13 +158,12 @@ class ModelCheckpoint(Callback):
         return path, drop
 
     def state_dict(self):
-        return {'best': self.best, 'best_path': self.best_path, 'mode': self.monitor.mode,
-                'disabled': self.monitor.disabled, 'last_step_saved': self._last_step_saved,
-                'filepath': self.filepath}
+        return {'best': self.best, 'best_path': self.best_path, **self.monitor.state_dict(),
+                'last_step_saved': self._last_step_saved, 'filepath': self.filepath}
 
     def load_state_dict(self, state):
-        self.best, self.best_path = state['best'], state['best_path']
-        self.monitor.mode, self.monitor.disabled = state['mode'], state['disabled']
+        if self.monitor.load_state_dict(state):  # the best of another metric is not ours
+            self.best, self.best_path = state['best'], state['best_path']
         self._last_step_saved = state['last_step_saved']
         if self.filepath is None:
             self.filepath = state['filepath']
