@@ -9,21 +9,7 @@ from pytorch_lightning import MisconfigurationException, Trainer, checkpoint_io
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from models import TinyModel
-
-
-class Scripted(TinyModel):
-    """validation_end returns the next value of a scripted sequence (99 in the sanity check)."""
-
-    def __init__(self, values, key='val_loss', **kwargs):
-        super().__init__(**kwargs)
-        self.values, self.key, self.calls = list(values), key, 0
-
-    def validation_end(self, outputs):
-        if self.trainer.state.stage == 'sanity_check':
-            return {self.key: 99.0}
-        value = self.values[min(self.calls, len(self.values) - 1)]
-        self.calls += 1
-        return {self.key: torch.tensor(value)}
+from test_checkpointing import Scripted
 
 
 class Counting(Callback):
