@@ -310,11 +310,18 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
 
     def default_checkpoint_dir(self):
         """``<experiment folder>/checkpoints``, or ``default_save_path/checkpoints`` without
-        logging. Default ModelCheckpoint files and HPC checkpoints go here."""
+        logging. Default ModelCheckpoint files and HPC checkpoints go here. A logger without
+        a ``log_dir`` gives ``default_save_path/<name>/version_<version>``, leaving out the
+        parts it leaves ``None`` (``LightningLoggerBase``'s defaults)."""
         if self.logger is None:
             return os.path.join(self.default_save_path, 'checkpoints')
-        folder = getattr(self.logger, 'log_dir', None) or os.path.join(
-            self.default_save_path, str(self.logger.name), f'version_{self.logger.version}')
+        folder = getattr(self.logger, 'log_dir', None)
+        if not folder:
+            name = getattr(self.logger, 'name', None)
+            version = getattr(self.logger, 'version', None)
+            parts = ([] if name is None else [str(name)]) + (
+                [] if version is None else [f'version_{version}'])
+            folder = os.path.join(self.default_save_path, *parts)
         return os.path.join(folder, 'checkpoints')
 
     def _callbacks(self):

@@ -20,7 +20,8 @@ class LightningLoggerBase:
     for each row, ``save`` (has saved when it returns), ``finalize(status)`` when a fit or a
     test ends, ``name`` and ``version`` to tell runs apart (the default checkpoint folder is
     ``<default_save_path>/<name>/version_<version>/checkpoints`` unless the logger has a
-    ``log_dir``). ``status`` is ``'finished'``, ``'failed'`` or ``'interrupted'``."""
+    ``log_dir``; a part left ``None`` is left out). ``status`` is ``'finished'``, ``'failed'``
+    or ``'interrupted'``."""
 
     rank = 0
 

@@ -1,0 +1,45 @@
+"""Bug hunt in experiment logging: what researchers do with loggers, rows and metric types."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pytorch_lightning import Trainer
+from pytorch_lightning.loggers import LightningLoggerBase
+from pytorch_lightning.loggers.test_tube import read_metrics_csv
+
+from models import TinyModel
+
+
+def kwargs(tmp_path, **overrides):
+    base = dict(default_save_path=str(tmp_path), progress_bar=False,
+                print_weights_summary=False, max_nb_epochs=1, nb_sanity_val_steps=0,
+                add_log_row_interval=3)
+    base.update(overrides)
+    return base
+
+
+class Minimal(LightningLoggerBase):
+    """Only the two required methods: no name, no version, no save, no finalize."""
+
+    def __init__(self):
+        self.rows = []
+
+    def log_hyperparams(self, params):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((dict(metrics), step))
+
+
+def test_a_minimal_logger_without_name_or_version_gets_no_none_folders(tmp_path):
+    logger = Minimal()
+    trainer = Trainer(**kwargs(tmp_path, logger=logger))
+    trainer.fit(TinyModel())
+    trainer.test()
+    assert trainer.default_checkpoint_dir() == os.path.join(str(tmp_path), 'checkpoints')
+    assert os.path.exists(os.path.join(str(tmp_path), 'checkpoints', 'last.ckpt'))
+    assert not any('None' in name for name in os.listdir(tmp_path))
+    # 8 batches: rows at 3 and 6, one validation row, one test row
+    assert [step for _, step in logger.rows] == [3, 6, 8, 8]
