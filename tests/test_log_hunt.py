@@ -43,3 +43,21 @@ def test_a_minimal_logger_without_name_or_version_gets_no_none_folders(tmp_path)
     assert not any('None' in name for name in os.listdir(tmp_path))
     # 8 batches: rows at 3 and 6, one validation row, one test row
     assert [step for _, step in logger.rows] == [3, 6, 8, 8]
+
+
+def test_a_debug_experiment_passed_in_writes_nothing_and_fit_finishes(tmp_path, capsys):
+    """docs/logging.md: "An experiment with debug=True writes nothing." test-tube gives such an
+    experiment no version; the logger used to open a second Experiment beside it (printing
+    a bogus "resuming" message) and crash closing it at the end of fit."""
+    from test_tube import Experiment
+    exp = Experiment(save_dir=str(tmp_path), name='dbg', debug=True)
+    trainer = Trainer(**kwargs(tmp_path, experiment=exp))
+    model = TinyModel()
+    trainer.fit(model)
+    trainer.test(model)
+    assert 'resuming' not in capsys.readouterr().out
+    assert not trainer.logger.is_open
+    written = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / 'dbg')
+               for name in names]
+    assert all('checkpoints' in path for path in written)  # no metrics, tags or TensorBoard
+    assert any(path.endswith('last.ckpt') for path in written)

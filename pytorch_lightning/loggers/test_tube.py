@@ -361,7 +361,8 @@ class TestTubeLogger(LightningLoggerBase):
         self._exp = None  # set again once opened
         reread = resume is not None
         if resume is not None or exp is None or exp.version != self.version:
-            exp = user if user is not None and user.version == self.version else None
+            # a debug Experiment has no version (test-tube gives it none): it is used as is
+            exp = user if user is not None and user.version in (None, self.version) else None
             if exp is None and user is not None:
                 print(f"resuming: logging continues in version {self.version} of {self.name!r} "
                       f"(the checkpoint's), not in version {user.version} of the Experiment "
