@@ -61,3 +61,20 @@ def test_a_debug_experiment_passed_in_writes_nothing_and_fit_finishes(tmp_path, 
                for name in names]
     assert all('checkpoints' in path for path in written)  # no metrics, tags or TensorBoard
     assert any(path.endswith('last.ckpt') for path in written)
+
+
+def test_the_documented_save_share_is_the_one_in_the_code():
+    """logging.md and performance.md state the share of time saves may take (SAVE_SHARE)."""
+    import re
+    from pytorch_lightning.loggers import test_tube as tt
+    docs = os.path.join(os.path.dirname(__file__), os.pardir, 'docs')
+    for page in ('logging.md', 'performance.md'):
+        with open(os.path.join(docs, page)) as f:
+            text = ' '.join(f.read().split())
+        stated = re.findall(r'at most (\d+(?:\.\d+)?) % of the time \(`SAVE_SHARE`', text)
+        assert stated and all(float(p) / 100 == tt.SAVE_SHARE for p in stated), page
+    with open(os.path.join(docs, 'logging.md')) as f:
+        text = ' '.join(f.read().split())
+    seconds, every = map(float, re.search(
+        r'a (\d+(?:\.\d+)?) s rewrite runs every (\d+) s', text).groups())
+    assert seconds / tt.SAVE_SHARE == pytest.approx(every)
