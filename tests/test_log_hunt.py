@@ -11,6 +11,11 @@ from pytorch_lightning.loggers.test_tube import read_metrics_csv
 
 from models import TinyModel
 
+try:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+except ImportError:  # tensorboard comes with test-tube; without it that test is skipped
+    EventAccumulator = None
+
 
 def kwargs(tmp_path, **overrides):
     base = dict(default_save_path=str(tmp_path), progress_bar=False,
@@ -78,3 +83,56 @@ def test_the_documented_save_share_is_the_one_in_the_code():
     seconds, every = map(float, re.search(
         r'a (\d+(?:\.\d+)?) s rewrite runs every (\d+) s', text).groups())
     assert seconds / tt.SAVE_SHARE == pytest.approx(every)
+
+
+class EveryType(TinyModel):
+    """Every kind of value a researcher puts in a log dict or returns from validation_end."""
+
+    def training_step(self, data_batch, batch_nb):
+        loss, _ = super().training_step(data_batch, batch_nb)
+        return loss, {
+            'py_int': 3, 'py_float': 1.5, 'py_bool': True, 'np_float': np.float32(2.5),
+            'np_int': np.int64(4), 't_int': torch.tensor(5), 't_float': torch.tensor(1.25),
+            't_bool': torch.tensor(True), 't_half': torch.tensor(0.5, dtype=torch.half),
+            't_grad': loss * 2, 'a/b': 1.0, 'with space': 2.0, 'text': 'abc',
+            'vector': torch.ones(3)}
+
+    def validation_end(self, outputs):
+        return {'val_loss': torch.tensor(0.75), 'val/np': np.float64(0.125),
+                'val_int': torch.tensor(7), 'val_text': 'x'}
+
+
+@pytest.mark.skipif(EventAccumulator is None, reason='tensorboard is not installed')
+def test_every_value_type_lands_as_a_number_in_the_csv_and_tensorboard_at_its_step(tmp_path):
+    """Numbers of every type become numbers; bools, strings and vectors are dropped (docs:
+    only scalar numbers are written); '/' and spaces in keys survive; TensorBoard's steps
+    are the CSV's step column, and step/global_step/created_at are CSV only."""
+    trainer = Trainer(**kwargs(tmp_path, max_nb_epochs=2))
+    model = EveryType()
+    trainer.fit(model)
+    trainer.test(model)
+    folder = trainer.logger.log_dir
+    rows = read_metrics_csv(os.path.join(folder, 'metrics.csv'))
+    train = [r for r in rows if 'loss' in r]
+    assert [r['step'] for r in train] == [3, 6, 9, 12, 15]
+    for row in train:
+        assert {k: row[k] for k in ('py_int', 'py_float', 'np_float', 'np_int', 't_int',
+                                    't_float', 't_half', 'a/b', 'with space')} == {
+            'py_int': 3, 'py_float': 1.5, 'np_float': 2.5, 'np_int': 4, 't_int': 5,
+            't_float': 1.25, 't_half': 0.5, 'a/b': 1.0, 'with space': 2.0}
+        assert row['t_grad'] == pytest.approx(2 * row['loss'])
+    dropped = {'py_bool', 't_bool', 'text', 'vector', 'val_text'}
+    assert not dropped & set().union(*rows)
+    val = [r for r in rows if 'val_loss' in r]
+    assert [(r['step'], r['val/np'], r['val_int']) for r in val] == [(8, 0.125, 7), (16, 0.125, 7)]
+    assert rows[-1]['test_acc'] >= 0 and rows[-1]['step'] == 16
+
+    steps = {}  # every event file of the version (test() after fit opens a second one)
+    for name in sorted(os.listdir(os.path.join(folder, 'tf'))):
+        events = EventAccumulator(os.path.join(folder, 'tf', name))
+        events.Reload()
+        for tag in events.Tags()['scalars']:
+            steps.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
+    assert not {'step', 'global_step', 'created_at'} & set(steps) and not dropped & set(steps)
+    for key in set().union(*rows) - {'step', 'global_step', 'created_at'}:
+        assert steps[key] == [r['step'] for r in rows if key in r], key
