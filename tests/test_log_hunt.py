@@ -136,3 +136,26 @@ def test_every_value_type_lands_as_a_number_in_the_csv_and_tensorboard_at_its_st
     assert not {'step', 'global_step', 'created_at'} & set(steps) and not dropped & set(steps)
     for key in set().union(*rows) - {'step', 'global_step', 'created_at'}:
         assert steps[key] == [r['step'] for r in rows if key in r], key
+
+
+def test_a_logger_whose_log_metrics_raises_stops_fit_with_that_error(tmp_path):
+    """The logger's own error reaches the caller unchanged (not swallowed, not wrapped) at the
+    first row, and the logger is finalized as failed; the rows before it were delivered."""
+    class Refuses(Minimal):
+        def __init__(self):
+            super().__init__()
+            self.statuses = []
+
+        def log_metrics(self, metrics, step=None):
+            if step == 6:
+                raise ValueError('the metrics server refused the row')
+            super().log_metrics(metrics, step)
+
+        def finalize(self, status):
+            self.statuses.append(status)
+
+    logger = Refuses()
+    trainer = Trainer(**kwargs(tmp_path, logger=logger))
+    with pytest.raises(ValueError, match='refused the row'):
+        trainer.fit(TinyModel())
+    assert [step for _, step in logger.rows] == [3] and logger.statuses == ['failed']
