@@ -159,3 +159,19 @@ def test_a_logger_whose_log_metrics_raises_stops_fit_with_that_error(tmp_path):
     with pytest.raises(ValueError, match='refused the row'):
         trainer.fit(TinyModel())
     assert [step for _, step in logger.rows] == [3] and logger.statuses == ['failed']
+
+
+def test_a_run_resumed_with_a_debug_experiment_trains_on(tmp_path):
+    """Resuming reopens a user's Experiment's TensorBoard file; a debug one has none."""
+    from test_tube import Experiment
+    trainer = Trainer(**kwargs(tmp_path, experiment=Experiment(
+        save_dir=str(tmp_path), name='dbg', debug=True)))
+    trainer.fit(TinyModel())
+    last = os.path.join(trainer.default_checkpoint_dir(), 'last.ckpt')
+    resumed = Trainer(**kwargs(tmp_path, max_nb_epochs=2, resume_from_checkpoint=last,
+                               experiment=Experiment(save_dir=str(tmp_path), name='dbg',
+                                                     debug=True)))
+    resumed.fit(TinyModel())
+    assert resumed.state.epoch == 1 and resumed.state.total_batches == 16
+    written = [name for _, _, names in os.walk(tmp_path / 'dbg') for name in names]
+    assert not {'metrics.csv', 'meta_tags.csv', 'meta.experiment'} & set(written)

@@ -381,9 +381,9 @@ class TestTubeLogger(LightningLoggerBase):
                     f"test-tube could not open {self.log_dir!r}: its meta.experiment or "
                     f"meta_tags.csv is unreadable. Pick another version or repair the folder.")
             reread = reread or os.path.exists(os.path.join(self.log_dir, 'metrics.csv'))
-        elif resume is not None:  # the user's open Experiment: reopen its TensorBoard file
-            exp.close()            # at the next scalar, hiding the killed run's later events
-            exp.purge_step = resume['purge_step']
+        elif resume is not None and not exp.debug:  # the user's open Experiment: reopen its
+            exp.close()            # TensorBoard file at the next scalar, hiding the killed
+            exp.purge_step = resume['purge_step']  # run's later events (debug: it has none)
         _pin_folder(exp)
         self._exp = exp
         if not exp.debug:
