@@ -6,8 +6,11 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
 
-from ddp_models import Boom, Regression
+from pytorch_lightning import MisconfigurationException, Trainer
+
+from ddp_models import Boom, Regression, regression_data
 from test_ddp import assert_same_weights, ddp_trainer, one_process_trainer, workers_alive
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -43,4 +46,27 @@ def test_an_exception_in_validation_on_one_rank_stops_every_rank_naming_it(tmp_p
     text = str(info.value) + ''.join(getattr(info.value, '__notes__', []))
     assert 'rank 1' in text.lower() and 'in validation' in text
     assert info.value.rank == 1
+    assert workers_alive() == []
+
+
+class ShardsByHand(Regression):
+    """Shards its training data itself, unevenly: rank 0 gets 4 batches, rank 1 gets 3 (a
+    plain list as sampler, which the trainer keeps)."""
+
+    def tng_dataloader(self):
+        rank = self.trainer.global_rank
+        indices = list(range(rank, self.n_train, 2))[:64 if rank == 0 else 48]
+        return DataLoader(Subset(regression_data(self.n_train, 0), indices),
+                          batch_size=16, sampler=list(range(len(indices))))
+
+
+def test_training_loaders_of_unequal_length_are_refused_before_the_first_batch(tmp_path):
+    # before: rank 0 waited in its 4th batch's all-reduce for a rank that had left the epoch,
+    # until process_group_timeout, then failed with a gloo timeout naming nothing
+    trainer = Trainer(distributed_backend='ddp', num_processes=2, default_save_path=tmp_path,
+                      progress_bar=False, print_weights_summary=False, max_nb_epochs=1,
+                      nb_sanity_val_steps=0, process_group_timeout=10)  # a hang ends in 10 s
+    with pytest.raises(MisconfigurationException, match=r'tng_dataloader') as info:
+        trainer.fit(ShardsByHand())
+    assert 'rank 0: 4' in str(info.value) and 'rank 1: 3' in str(info.value)
     assert workers_alive() == []
