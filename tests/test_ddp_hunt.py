@@ -17,10 +17,11 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason='needs torch.distributed with gloo')
 
 
-def test_accumulation_window_cut_short_by_the_epoch_matches_one_process(tmp_path):
+@pytest.mark.parametrize('optimizers', [1, 2])
+def test_accumulation_window_cut_short_by_the_epoch_matches_one_process(tmp_path, optimizers):
     # 128 samples, 2 ranks x 16 = 4 batches per epoch: windows of 3 then a cut window of 1
     torch.manual_seed(0)
-    model = Regression(batch_size=16)
+    model = Regression(batch_size=16, optimizers=optimizers)
     reference = copy.deepcopy(model)
     reference.batch_size = 32
     one_process_trainer(tmp_path / 'one', accumulate_grad_batches=3).fit(reference)
@@ -70,3 +71,18 @@ def test_training_loaders_of_unequal_length_are_refused_before_the_first_batch(t
         trainer.fit(ShardsByHand())
     assert 'rank 0: 4' in str(info.value) and 'rank 1: 3' in str(info.value)
     assert workers_alive() == []
+
+
+def test_validation_mid_epoch_with_shards_of_unequal_batch_counts_is_exact(tmp_path):
+    # 131 validation samples, batch 65: rank 0 has 66 samples (2 batches), rank 1 has 65 (1)
+    torch.manual_seed(0)
+    model = Regression(val_batch_size=65)
+    reference = copy.deepcopy(model)
+    reference.batch_size = 32
+    one_process_trainer(tmp_path / 'one', val_check_interval=2).fit(reference)
+    trainer = ddp_trainer(tmp_path / 'ddp', val_check_interval=2)
+    trainer.fit(model)
+    assert_same_weights(model, reference)
+    assert trainer.callback_metrics['val_count'] == 131
+    one = reference.trainer.callback_metrics
+    assert abs(float(trainer.callback_metrics['val_loss']) - float(one['val_loss'])) < 1e-5
