@@ -135,3 +135,27 @@ def test_a_distributed_sampler_of_the_user_is_set_each_epoch_and_shards_the_data
         assert sorted(orders[0, epoch] + orders[1, epoch]) == list(range(128))
     assert orders[0, 0] != orders[0, 1]
     assert trainer.global_step == 2 * 4
+
+
+class SkipsRestOfEpochOnRankOne(Regression):
+    """on_batch_start returns -1 on rank 1 only, at its third batch of each epoch."""
+
+    def on_batch_start(self, batch):
+        if self.trainer.global_rank == 1 and self.trainer.state.batch_idx == 2:
+            return -1
+        return None
+
+
+def test_on_batch_start_minus_one_on_one_rank_ends_the_epoch_on_every_rank(tmp_path):
+    # documented: agreed every batch when the module overrides on_batch_start
+    torch.manual_seed(0)
+    model = SkipsRestOfEpochOnRankOne()
+    reference = copy.deepcopy(model)
+    reference.batch_size = 32
+    trainer = ddp_trainer(tmp_path / 'ddp')
+    trainer.fit(model)
+    one = one_process_trainer(tmp_path / 'one')
+    reference.on_batch_start = lambda batch: -1 if one.state.batch_idx == 2 else None
+    one.fit(reference)
+    assert trainer.global_step == one.global_step == 2 * 2
+    assert_same_weights(model, reference)
