@@ -42,10 +42,12 @@ class FailsInValidation(Regression):
         return super().validation_step(batch, batch_nb)
 
 
-def test_an_exception_in_validation_on_one_rank_stops_every_rank_naming_it(tmp_path):
+@pytest.mark.parametrize('sanity_steps', [0, 2])  # in a validation point, in the sanity check
+def test_an_exception_in_validation_on_one_rank_stops_every_rank_naming_it(tmp_path,
+                                                                          sanity_steps):
     model = FailsInValidation()
     with pytest.raises(Boom) as info:
-        ddp_trainer(tmp_path, max_nb_epochs=3).fit(model)
+        ddp_trainer(tmp_path, max_nb_epochs=3, nb_sanity_val_steps=sanity_steps).fit(model)
     text = str(info.value) + ''.join(getattr(info.value, '__notes__', []))
     assert 'rank 1' in text.lower() and 'in validation' in text
     assert info.value.rank == 1
