@@ -161,3 +161,19 @@ def test_on_batch_start_minus_one_on_one_rank_ends_the_epoch_on_every_rank(tmp_p
     one.fit(reference)
     assert trainer.global_step == one.global_step == 2 * 2
     assert_same_weights(model, reference)
+
+
+def test_a_ddp_last_checkpoint_resumes_under_ddp_as_an_uninterrupted_run(tmp_path):
+    torch.manual_seed(0)
+    first = Regression(shuffle=True)
+    straight = copy.deepcopy(first)
+    ddp_trainer(tmp_path / 'one_epoch', max_nb_epochs=1).fit(first)
+    last = tmp_path / 'one_epoch' / 'lightning_logs' / 'version_0' / 'checkpoints' / 'last.ckpt'
+    torch.manual_seed(0)
+    resumed = Regression(shuffle=True)
+    trainer = ddp_trainer(tmp_path / 'resumed', max_nb_epochs=2, resume_from_checkpoint=last)
+    trainer.fit(resumed)
+    torch.manual_seed(0)
+    ddp_trainer(tmp_path / 'straight', max_nb_epochs=2).fit(straight)
+    assert_same_weights(resumed, straight, atol=0)
+    assert trainer.global_step == 2 * 4
