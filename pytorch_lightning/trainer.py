@@ -403,6 +403,15 @@ class Trainer(CheckpointingMixin, EvaluationMixin, DistributedMixin):
                 f"{find_loader_attr(model, 'train')} returned an empty loader (len 0). Check the "
                 f"dataset size and batch_size (with drop_last=True a dataset smaller than one "
                 f"batch is empty).")
+        if self.world.world_size > 1:  # a rank that left the epoch early would hang the others
+            counts = self.world.gather_objects(self.nb_training_batches)
+            if len(set(counts)) > 1:
+                per_rank = ', '.join(f'rank {r}: {n}' for r, n in enumerate(counts))
+                raise MisconfigurationException(
+                    f"{find_loader_attr(model, 'train')} gives the ranks different numbers of "
+                    f"training batches per epoch ({per_rank}). Every rank must run as many "
+                    f"batches: use a DataLoader with shuffle=True/False (the trainer shards it "
+                    f"evenly) or a DistributedSampler.")
         self._val_loaders, self._val_sharded = self._eval_loaders(model, 'val')  # [] without
         self._val_step = step_arity(model, 'validation_step', len(self._val_loaders),
                                     'val_dataloader')
