@@ -140,6 +140,11 @@ def _ours(checkpoint, path):
     return checkpoint
 
 
+#: What torch.load raises for a file that is truncated, corrupt or not a torch.save file.
+_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+               OSError)
+
+
 def _read(path):
     """What the ``torch.save`` file at ``path`` holds, on the CPU; ``CheckpointError`` names
     the file when it is missing, truncated or corrupt."""
@@ -149,8 +154,7 @@ def _read(path):
         # weights_only=False: get_save_dict() may return any object. What the library itself
         # writes loads with weights_only=True too (see dump).
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as err:
+    except _UNREADABLE as err:
         size = os.path.getsize(path)
         raise CheckpointError(
             f"checkpoint {path!r} ({size} bytes) cannot be read: it is truncated or not a "
@@ -167,8 +171,7 @@ def peek(path):
     try:
         section = torch.load(os.fspath(path), map_location='cpu', weights_only=False,
                              mmap=True)[KEY]
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError, KeyError, TypeError):
+    except _UNREADABLE + (KeyError, TypeError):  # torn, not torch's, or not ours
         return None
     return section if isinstance(section, dict) else None
 
