@@ -7,6 +7,7 @@ import numbers
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 
 import torch
 
@@ -31,6 +32,7 @@ from .state import TrainerState
 from .utilities import numbers_only, to_number
 from .utilities.parent import watch_sweep_parent
 from .utilities.slurm import Terminated, TerminationGuard, slurm_job_id
+from .utilities.transfer import rebuild_mapping, rebuild_sequence
 
 _EMPTY = {}
 _FLAG = object()  # the key of the NaN flag among the numbers read together
@@ -991,12 +993,10 @@ def _detached(hiddens):
     from the graph of the last split; anything else is passed on as it is."""
     if isinstance(hiddens, torch.Tensor):
         return hiddens.detach()
-    if isinstance(hiddens, dict):
-        return {key: _detached(value) for key, value in hiddens.items()}
-    if isinstance(hiddens, tuple) and hasattr(hiddens, '_fields'):  # a named tuple
-        return type(hiddens)(*(_detached(h) for h in hiddens))
     if isinstance(hiddens, (tuple, list)):
-        return type(hiddens)(_detached(h) for h in hiddens)
+        return rebuild_sequence(hiddens, [_detached(h) for h in hiddens])
+    if isinstance(hiddens, Mapping):
+        return rebuild_mapping(hiddens, [(key, _detached(v)) for key, v in hiddens.items()])
     return hiddens
 
 
