@@ -407,3 +407,36 @@ def test_a_stuck_background_save_times_out_with_a_clear_error(quiet, tmp_path, m
     monkeypatch.setattr(checkpoint_io, 'FINISH_TIMEOUT_S', 30)
     checkpoint_io.wait_for_saves()
     assert (tmp_path / 'stuck.ckpt').exists()
+
+
+def test_peek_reads_the_section_and_says_none_for_anything_else(quiet, tmp_path):
+    """checkpoint_io.peek / batches_done: a checkpoint's section and its batch count; None
+    (never an exception) for a missing, torn, foreign or non-torch file."""
+    trainer = Trainer(**quiet(max_nb_epochs=1))
+    trainer.fit(TinyModel())
+    good = str(tmp_path / 'good.ckpt')
+    trainer.save_checkpoint(good)
+    section = checkpoint_io.peek(good)
+    assert section['trainer_state']['total_batches'] == trainer.state.total_batches > 0
+    assert checkpoint_io.batches_done(good) == trainer.state.total_batches
+    torn = tmp_path / 'torn.ckpt'
+    torn.write_bytes(open(good, 'rb').read()[:200])
+    foreign = str(tmp_path / 'foreign.ckpt')
+    torch.save({'state_dict': TinyModel().state_dict()}, foreign)
+    text = tmp_path / 'text.ckpt'
+    text.write_text('not a checkpoint')
+    for path in (tmp_path / 'missing.ckpt', torn, foreign, text, tmp_path):
+        assert checkpoint_io.peek(path) is None, path
+        assert checkpoint_io.batches_done(path) is None, path
+
+
+def test_durable_replace_puts_the_file_in_place_and_raises_for_a_missing_one(tmp_path):
+    from pytorch_lightning.utilities import durable_replace
+    target, tmp = tmp_path / 'a.ckpt', tmp_path / '.a.ckpt.1.tmp'
+    target.write_text('old')
+    tmp.write_text('new')
+    durable_replace(str(tmp), str(target))
+    assert target.read_text() == 'new' and not tmp.exists()
+    with pytest.raises(FileNotFoundError):
+        durable_replace(str(tmp), str(target))
+    assert target.read_text() == 'new'
